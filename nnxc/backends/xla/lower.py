@@ -1,0 +1,144 @@
+"""IR -> JAX: an interpreter run inside ``jax.jit``.
+
+Core ops bind the JAX primitive of the same name with the node's attributes (the default
+rule), so lowering is exact. ``XLA_RULES`` holds the ops that need more: regions become
+``lax.scan`` / ``lax.while_loop`` / ``lax.switch``; ops added by passes (``nnxc.*``) are
+written with jax.numpy / lax here.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import jax
+import numpy as np
+from jax import lax
+
+from ...errors import UnsupportedOpError
+from ...frontend import _jax_compat as jc
+from ...ir.graph import Elided, Graph, Node, Region, Value
+from ...ir.types import is_plain_symbol, to_dtype
+
+Rule = Callable[[Node, list, dict], list]
+XLA_RULES: dict[str, Rule] = {}
+
+
+def rule(*ops: str):
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            XLA_RULES[op] = fn
+        return fn
+    return register
+
+
+def attrs_of(node: Node, dims: dict) -> dict:
+    return {k: jc.decode_param(v, dims) for k, v in node.attrs.items()}
+
+
+def default_rule(node: Node, args: list, dims: dict) -> list:
+    prim = jc.primitive(node.op)
+    if prim is None:
+        raise UnsupportedOpError([(node.op, node.path, node.loc, "no JAX primitive or XLA rule")],
+                                 stage="XLA lowering")
+    return jc.bind(prim, args, attrs_of(node, dims))
+
+
+def const_array(v: Value):
+    if isinstance(v.data, Elided):
+        raise ValueError(f"constant {v.type} was elided in the IR text (hash {v.data.digest}); "
+                         "it has no data to run")
+    return v.data
+
+
+def run_nodes(nodes: list[Node], env: dict, dims: dict) -> None:
+    for node in nodes:
+        args = [env[v] if v in env else const_array(v) for v in node.inputs]
+        scope = jax.named_scope(node.path) if node.path else contextlib.nullcontext()
+        with scope:
+            outs = XLA_RULES.get(node.op, default_rule)(node, args, dims)
+        for v, x in zip(node.outputs, outs):
+            env[v] = x
+
+
+def run_region(region: Region, args: list, dims: dict) -> list:
+    env = dict(zip(region.args, args))
+    run_nodes(region.nodes, env, dims)
+    return [env[v] if v in env else const_array(v) for v in region.results]
+
+
+def bind_dims(graph: Graph, args: list) -> dict:
+    """Sizes of the graph's symbolic dims, read off the actual arguments."""
+    dims: dict = {}
+    for v, a in zip(graph.inputs, args):
+        for d, actual in zip(v.type.shape, np.shape(a) if not hasattr(a, "shape") else a.shape):
+            if is_plain_symbol(d):
+                dims.setdefault(d, actual)
+    return dims
+
+
+def run_graph(graph: Graph, var_leaves: list, args: list) -> tuple[list, list]:
+    """Evaluate the graph: (outputs, new values of the input variables, then new variables)."""
+    inputs = [v for v in graph.variables if not v.meta.get("new")]
+    env = {var.value: x for var, x in zip(inputs, var_leaves)}
+    env.update(zip(graph.inputs, args))
+    dims = bind_dims(graph, args)
+    run_nodes(graph.nodes, env, dims)
+    read = lambda v: env[v] if v in env else const_array(v)  # noqa: E731
+    updates = dict(graph.updates)
+    new_state = [read(updates.get(var.path, var.value)) for var in graph.variables]
+    return [read(v) for v in graph.outputs], new_state
+
+
+# -- regions ---------------------------------------------------------------------
+
+@rule("scan")
+def _scan(node, args, dims):
+    a = attrs_of(node, dims)
+    nc, ncarry = a["num_consts"], a["num_carry"]
+    consts, carry, xs = args[:nc], args[nc:nc + ncarry], args[nc + ncarry:]
+    body = node.regions[0]
+
+    def step(c, x):
+        outs = run_region(body, [*consts, *c, *x], dims)
+        return outs[:ncarry], outs[ncarry:]
+
+    carry, ys = lax.scan(step, list(carry), list(xs), length=a["length"], reverse=a["reverse"],
+                         unroll=a.get("unroll", 1))
+    return [*carry, *ys]
+
+
+@rule("while")
+def _while(node, args, dims):
+    a = attrs_of(node, dims)
+    cn, bn = a["cond_nconsts"], a["body_nconsts"]
+    cconsts, bconsts, init = args[:cn], args[cn:cn + bn], args[cn + bn:]
+    cond, body = node.regions
+    out = lax.while_loop(lambda c: run_region(cond, [*cconsts, *c], dims)[0],
+                         lambda c: run_region(body, [*bconsts, *c], dims), list(init))
+    return list(out)
+
+
+@rule("cond")
+def _cond(node, args, dims):
+    index, ops = args[0], args[1:]
+    branches = [lambda *o, r=r: run_region(r, list(o), dims) for r in node.regions]
+    return list(lax.switch(index, branches, *ops))
+
+
+# -- ops whose JAX params include functions the IR does not keep ------------------
+
+_SCATTERS = {"scatter": lax.scatter, "scatter-add": lax.scatter_add, "scatter-mul": lax.scatter_mul,
+             "scatter-min": lax.scatter_min, "scatter-max": lax.scatter_max}
+
+
+@rule(*_SCATTERS)
+def _scatter(node, args, dims):
+    a = attrs_of(node, dims)
+    a.pop("update_consts", None)
+    return [_SCATTERS[node.op](*args, **a)]
+
+
+@rule("dim_as_value")
+def _dim_as_value(node, args, dims):
+    dim = jc.decode_param(node.attrs["dim"], dims)
+    return [jax.numpy.asarray(jc.dimension_as_value(dim), dtype=to_dtype(node.outputs[0].type.dtype))]

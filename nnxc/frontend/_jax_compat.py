@@ -1,0 +1,338 @@
+"""The one place that imports JAX internals; they change between releases.
+
+- ``primitive(name)``: the JAX Primitive with that name.
+- ``encode_param`` / ``decode_param``: JAX params <-> printable IR attributes.
+- ``user_frame`` / ``scope_path``: provenance of a jaxpr equation.
+- ``bind``: bind a primitive with decoded attributes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib
+import pkgutil
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax._src import core
+
+from ..ir.attrs import DType, EnumVal, Record, SymDim
+from ..ir.types import dtype_name, to_dtype
+
+Jaxpr = core.Jaxpr
+ClosedJaxpr = core.ClosedJaxpr
+Literal = core.Literal
+DropVar = core.DropVar
+Primitive = core.Primitive
+
+SCOPE_MARK = "nnxc:"  # named scopes the frontend pushes for module paths start with this
+
+_PRIM_MODULES = (
+    "jax._src.lax.lax", "jax._src.lax.slicing", "jax._src.lax.convolution",
+    "jax._src.lax.windowed_reductions", "jax._src.lax.special", "jax._src.lax.ann",
+    "jax._src.lax.linalg", "jax._src.lax.fft", "jax._src.lax.parallel", "jax._src.lax.other",
+    "jax._src.lax.control_flow.loops", "jax._src.lax.control_flow.conditionals",
+    "jax._src.lax.control_flow.solves", "jax._src.lax.control_flow.for_loop",
+    "jax._src.random.prng", "jax._src.prng", "jax._src.ad_util", "jax._src.custom_derivatives",
+    "jax._src.pjit", "jax._src.ad_checkpoint", "jax._src.dispatch", "jax._src.core",
+    "jax._src.lax.control_flow.common", "jax._src.cudnn.fused_attention_stablehlo",
+    "jax._src.nn.functions", "jax._src.numpy.lax_numpy", "jax._src.random",
+    "jax._src.lax.parallel", "jax._src.callback", "jax._src.debugging",
+)
+
+
+@functools.cache
+def _primitives() -> dict[str, Primitive]:
+    table: dict[str, Primitive] = {}
+    for modname in _PRIM_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        for value in vars(mod).values():
+            if isinstance(value, Primitive):
+                table.setdefault(value.name, value)
+    return table
+
+
+def primitive(name: str) -> Primitive | None:
+    return _primitives().get(name)
+
+
+def register_primitive(p: Primitive) -> None:
+    """Remember a primitive met while tracing (covers ones defined outside jax._src)."""
+    _primitives().setdefault(p.name, p)
+
+
+# -- params <-> attributes -------------------------------------------------------
+
+class UnsupportedParam(TypeError):
+    pass
+
+
+def _record_types() -> dict[str, type]:
+    from jax._src.lax import convolution, slicing
+    return {
+        "ConvDimensionNumbers": convolution.ConvDimensionNumbers,
+        "GatherDimensionNumbers": slicing.GatherDimensionNumbers,
+        "ScatterDimensionNumbers": slicing.ScatterDimensionNumbers,
+    }
+
+
+@functools.cache
+def _enum_types() -> dict[str, type]:
+    from jax._src.lax import lax, slicing
+    out = {c.__name__: c for c in (slicing.GatherScatterMode, lax.Precision, lax.RoundingMethod,
+                                   lax.DotAlgorithmPreset, lax.RandomAlgorithm)}
+    for extra in ("AccuracyMode",):
+        if hasattr(lax, extra):
+            out[extra] = getattr(lax, extra)
+    return out
+
+
+def _is_dim_expr(v) -> bool:
+    return type(v).__name__ == "_DimExpr"
+
+
+def encode_param(v: Any) -> Any:
+    """A JAX param as a printable IR attribute; raises UnsupportedParam otherwise."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, enum.Enum):
+        return EnumVal(type(v).__name__, v.name)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if _is_dim_expr(v):
+        return SymDim(str(v).replace(" ", ""))
+    if isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic)):
+        return DType(dtype_name(v))
+    if hasattr(v, "_fields") and isinstance(v, tuple):
+        return Record(type(v).__name__, tuple((f, encode_param(getattr(v, f))) for f in v._fields))
+    if isinstance(v, (tuple, list)):
+        return tuple(encode_param(x) for x in v)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return Record(type(v).__name__, tuple((f.name, encode_param(getattr(v, f.name)))
+                                              for f in dataclasses.fields(v)))
+    if type(v).__name__ == "PRNGImpl":
+        return Record("PRNGImpl", (("name", v.name),))
+    if str(v).startswith("key<"):  # a PRNG key dtype
+        return DType(str(v))
+    raise UnsupportedParam(f"parameter of type {type(v).__name__} ({v!r:.60})")
+
+
+def decode_param(v: Any, dims: dict | None = None) -> Any:
+    """An IR attribute back to the JAX param; symbolic dims are evaluated in ``dims``."""
+    if isinstance(v, DType):
+        return to_dtype(v.name)
+    if isinstance(v, SymDim):
+        return eval_dim(v.expr, dims or {})
+    if isinstance(v, EnumVal):
+        cls = _enum_types().get(v.cls)
+        if cls is None:
+            raise UnsupportedParam(f"unknown enum {v.cls}")
+        return cls[v.member]
+    if isinstance(v, Record):
+        if v.cls == "PRNGImpl":
+            from jax._src.random import prng
+            return prng.prngs[v.get("name")]
+        cls = _record_types().get(v.cls)
+        if cls is None:
+            raise UnsupportedParam(f"unknown record type {v.cls}")
+        return cls(**{k: decode_param(x, dims) for k, x in v.fields})
+    if isinstance(v, tuple):
+        return tuple(decode_param(x, dims) for x in v)
+    return v
+
+
+# -- symbolic dims ---------------------------------------------------------------
+
+_DIM_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
+
+
+def eval_dim(expr: str, env: dict) -> Any:
+    """Evaluate a dim expression (``2*B+1``, ``floordiv(B,2)``) with symbols from ``env``.
+
+    A small recursive-descent evaluator: IR text may come from anywhere, so no eval().
+    Unknown symbols evaluate to JAX symbolic dims, so the result can stay symbolic.
+    """
+    toks = [m for m in _DIM_TOKEN.finditer(expr) if m.group(0).strip()]
+    pos = 0
+
+    def peek():
+        return toks[pos].group(0).strip() if pos < len(toks) else None
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return toks[pos - 1]
+
+    def atom():
+        t = take()
+        if t.group(1):
+            return int(t.group(1))
+        if t.group(2):
+            name = t.group(2)
+            if peek() == "(":
+                take()
+                args = [add()]
+                while peek() == ",":
+                    take()
+                    args.append(add())
+                if take().group(0).strip() != ")":
+                    raise ValueError(f"bad dim expression {expr!r}")
+                fns = {"floordiv": lambda a, b: a // b, "mod": lambda a, b: a % b,
+                       "max": lambda a, b: core.max_dim(a, b), "min": lambda a, b: core.min_dim(a, b),
+                       "non_negative": lambda a: core.max_dim(a, 0)}
+                return fns[name](*args)
+            if name not in env:
+                env[name] = jax.export.symbolic_shape(name)[0]
+            return env[name]
+        if t.group(0).strip() == "(":
+            v = add()
+            take()
+            return v
+        if t.group(0).strip() == "-":
+            return -atom()
+        raise ValueError(f"bad dim expression {expr!r}")
+
+    def mul():
+        v = atom()
+        while peek() in ("*",):
+            take()
+            v = v * atom()
+        return v
+
+    def add():
+        v = mul()
+        while peek() in ("+", "-"):
+            op = take().group(0).strip()
+            v = v + mul() if op == "+" else v - mul()
+        return v
+
+    out = add()
+    if pos != len(toks):
+        raise ValueError(f"bad dim expression {expr!r}")
+    return out
+
+
+def symbolic_shapes(specs: list[str]) -> list[tuple]:
+    """Shapes with symbolic dims from dim strings, sharing one symbolic scope."""
+    scope = jax.export.SymbolicScope()
+    return [jax.export.symbolic_shape(s, scope=scope) if s else () for s in specs]
+
+
+# -- binding ---------------------------------------------------------------------
+
+_implicit: dict[str, dict[str, Any]] = {}
+_MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)")
+
+# params left out of the IR when None (printing them would only add noise)
+OMITTED_NONE = frozenset({"sharding", "out_sharding", "accuracy", "out_dtype", "dimensions",
+                          "precision", "preferred_element_type"})
+
+
+def note_omitted(prim_name: str, key: str) -> None:
+    """The frontend left param ``key`` (None) out of a node of ``prim_name``."""
+    _implicit.setdefault(prim_name, {})[key] = None
+
+
+def _omitted_from(err: Exception) -> list[str]:
+    """Names of left-out params that a JAX rule asked for, judging by its error."""
+    if isinstance(err, KeyError):
+        names = [str(a) for a in err.args]
+    else:
+        m = _MISSING.search(str(err))
+        names = re.findall(r"'(\w+)'", m.group(1)) if m else []
+    return names if names and set(names) <= OMITTED_NONE else []
+
+
+def _with_omitted(prim: Primitive, params: dict, call):
+    extra = _implicit.get(prim.name)
+    for _ in range(len(OMITTED_NONE) + 1):
+        try:
+            return call({**extra, **params} if extra else params)
+        except (TypeError, KeyError) as e:
+            names = _omitted_from(e)
+            if not names or (extra and set(names) <= set(extra)):
+                raise
+            for n in names:
+                note_omitted(prim.name, n)
+            extra = _implicit[prim.name]
+    raise AssertionError("unreachable")
+
+
+def bind(prim: Primitive, args, params: dict) -> list:
+    """``prim.bind`` that restores params the IR leaves out (None-valued shardings etc.)."""
+    out = _with_omitted(prim, params, lambda p: prim.bind(*args, **p))
+    return list(out) if prim.multiple_results else [out]
+
+
+def abstract_eval(prim: Primitive, avals, params: dict) -> list:
+    """Output avals of a primitive (JAX's own shape rule)."""
+    out, _ = _with_omitted(prim, params, lambda p: prim.abstract_eval(*avals, **p))
+    return list(out) if prim.multiple_results else [out]
+
+
+def shaped_array(shape, dtype):
+    return core.ShapedArray(tuple(shape), dtype)
+
+
+# -- provenance ------------------------------------------------------------------
+
+_LIB_DIRS = tuple(
+    p for p in (
+        jax.__file__.rsplit("/", 1)[0] + "/",
+        importlib.import_module("flax").__file__.rsplit("/", 1)[0] + "/",
+        np.__file__.rsplit("/", 1)[0] + "/",
+        __file__.rsplit("/", 2)[0] + "/",  # nnxc itself
+    )
+)
+_SKIP = re.compile(r"(site-packages/(optax|chex|ml_dtypes|jaxlib|einops)/)|^<frozen|^<string>")
+
+
+def user_frame(source_info) -> str | None:
+    """``file:line`` of the innermost frame outside JAX, Flax, NumPy and nnxc."""
+    tb = source_info.traceback
+    if tb is None:
+        return None
+    for fr in tb.frames:
+        name = fr.file_name
+        if name.startswith(_LIB_DIRS) or _SKIP.search(name):
+            continue
+        return f"{_short_path(name)}:{fr.line_num}"
+    return None
+
+
+@functools.cache
+def _short_path(name: str) -> str:
+    import os
+    try:
+        rel = os.path.relpath(name)
+    except ValueError:
+        return name
+    return rel if not rel.startswith("..") else name
+
+
+def scope_path(source_info) -> str | None:
+    """The innermost module path pushed by the frontend, or None."""
+    for scope in reversed(source_info.name_stack.stack):
+        name = getattr(scope, "name", "")
+        if name.startswith(SCOPE_MARK):
+            return name[len(SCOPE_MARK):]
+    return None
+
+
+def named_scope(path: str):
+    return jax.named_scope(SCOPE_MARK + path)
+
+
+def dimension_as_value(d):
+    """A dim (int or symbolic) as a JAX scalar value."""
+    return core.dimension_as_value(d)

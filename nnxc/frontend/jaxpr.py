@@ -1,0 +1,137 @@
+"""jaxpr -> IR. Call-like primitives are inlined; scan/while/cond become regions."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..ir.graph import Graph, Node, Region, Value
+from ..ir.types import TensorType
+from . import _jax_compat as jc
+
+# call-like primitives whose body is inlined (the primal computation is kept), and the
+# param that holds the body
+INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
+          "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr",
+          "remat2": "jaxpr"}
+# primitives that become nodes with regions, and the params that hold their bodies
+REGIONS = {"scan": ("jaxpr",), "while": ("cond_jaxpr", "body_jaxpr"), "cond": ("branches",)}
+# params that only matter to autodiff or are implied by the op; not kept in the IR
+DROPPED = {"scan": {"linear", "_split_transpose", "jaxpr"},
+           "while": {"cond_jaxpr", "body_jaxpr"}, "cond": {"branches"},
+           "scatter-add": {"update_jaxpr", "update_consts"},
+           "scatter-mul": {"update_jaxpr", "update_consts"},
+           "scatter-min": {"update_jaxpr", "update_consts"},
+           "scatter-max": {"update_jaxpr", "update_consts"},
+           "scatter": {"update_jaxpr", "update_consts"}}
+REFUSED = {"pure_callback": "host callbacks cannot be compiled ahead of time or exported",
+           "io_callback": "host callbacks cannot be compiled ahead of time or exported",
+           "debug_callback": "remove jax.debug.print/callback before exporting",
+           "debug_print": "remove jax.debug.print before exporting"}
+
+
+def aval_type(aval) -> TensorType:
+    return TensorType.of(aval)
+
+
+def const_value(x, aval=None) -> Value:
+    """A constant Value holding ``x`` (a literal or closed-over array)."""
+    t = TensorType.of(aval if aval is not None else x)
+    try:
+        data = np.asarray(x, dtype=np.dtype(aval.dtype) if aval is not None else None)
+    except TypeError:  # e.g. PRNG key arrays: keep the JAX array
+        data = x
+    return Value(t, data=data)
+
+
+class Converter:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.unsupported: list[tuple] = []
+        self.inlined_loc: str | None = None  # set while converting an inlined call's body
+
+    def const(self, x, aval=None) -> Value:
+        v = const_value(x, aval)
+        if v.type.rank:
+            self.graph.consts.append(v)
+        return v
+
+    def closed(self, cj, in_values, nodes: list[Node], path: str) -> list[Value]:
+        if isinstance(cj, jc.ClosedJaxpr):
+            consts = [self.const(c) for c in cj.consts]
+            return self.block(cj.jaxpr, consts, in_values, nodes, path)
+        return self.block(cj, [], in_values, nodes, path)
+
+    def block(self, jaxpr, const_values, in_values, nodes: list[Node], path: str) -> list[Value]:
+        env: dict = {}
+        for var, v in zip(jaxpr.constvars, const_values):
+            env[var] = v
+        for var, v in zip(jaxpr.invars, in_values):
+            env[var] = v
+
+        def read(a):
+            if isinstance(a, jc.Literal):
+                return self.const(a.val, a.aval)
+            return env[a]
+
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if self.inlined_loc is None:
+                epath, loc = jc.scope_path(eqn.source_info) or path, jc.user_frame(eqn.source_info)
+            else:  # inside an inlined call: its trace may be cached from another call site
+                epath, loc = path, self.inlined_loc
+            ins = [read(a) for a in eqn.invars]
+            if name in INLINE:
+                outer, self.inlined_loc = self.inlined_loc, loc
+                outs = self.closed(eqn.params.get(INLINE[name]), ins, nodes, epath)
+                self.inlined_loc = outer
+            else:
+                node = self.node(eqn, name, ins, epath, loc)
+                nodes.append(node)
+                outs = node.outputs
+            for var, v in zip(eqn.outvars, outs):
+                if not isinstance(var, jc.DropVar):
+                    env[var] = v
+        return [read(a) for a in jaxpr.outvars]
+
+    def node(self, eqn, name: str, ins, path: str, loc: str | None) -> Node:
+        jc.register_primitive(eqn.primitive)
+        if name in REFUSED:
+            self.unsupported.append((name, path, loc, REFUSED[name]))
+        attrs = {}
+        dropped = DROPPED.get(name, ())
+        for k, v in eqn.params.items():
+            if k in dropped:
+                continue
+            if v is None and k in jc.OMITTED_NONE:
+                jc.note_omitted(name, k)
+                continue
+            try:
+                attrs[k] = jc.encode_param(v)
+            except jc.UnsupportedParam as e:
+                self.unsupported.append((name, path, loc, f"param {k!r}: {e}"))
+        regions = []
+        for key in REGIONS.get(name, ()):
+            bodies = eqn.params[key]
+            for body in (bodies if isinstance(bodies, (tuple, list)) else (bodies,)):
+                regions.append(self.region(body, path))
+        return Node(name, ins, [aval_type(v.aval) for v in eqn.outvars], attrs, regions, path, loc)
+
+    def region(self, cj, path: str) -> Region:
+        jaxpr = cj.jaxpr if isinstance(cj, jc.ClosedJaxpr) else cj
+        args = [Value(aval_type(v.aval)) for v in jaxpr.invars]
+        region = Region(args)
+        region.results = self.closed(cj, args, region.nodes, path)
+        return region
+
+    def finish(self):
+        if self.unsupported:
+            raise UnsupportedOpError(self.unsupported)
+
+
+def jaxpr_to_graph(closed_jaxpr, graph: Graph, in_values: list[Value]) -> list[Value]:
+    """Convert ``closed_jaxpr`` into ``graph`` (whose inputs/variables are ``in_values``)."""
+    conv = Converter(graph)
+    outs = conv.closed(closed_jaxpr, in_values, graph.nodes, "")
+    conv.finish()
+    return outs

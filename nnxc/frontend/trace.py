@@ -1,0 +1,281 @@
+"""``nnxc.trace``: a Flax NNX module, a Linen module with its variables, or a JAX callable -> Graph.
+
+Each is reduced to one pure function ``(state_leaves, *args) -> (outputs, new_state_leaves)``
+traced with ``jax.make_jaxpr``; the jaxpr becomes the IR, and the state leaves become
+variables named by their path in the module tree.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+import jax
+from flax import linen as nn
+from flax import nnx
+
+from ..errors import NnxcError
+from ..ir.graph import Graph, Value, Variable
+from ..ir.types import TensorType
+from . import _jax_compat as jc
+from .jaxpr import jaxpr_to_graph
+from .specs import abstract_args, concrete_shape
+
+# keyword arguments of nnxc.trace itself; every other keyword goes to the model call
+_OWN = ("method", "variables", "mutable", "rngs", "name")
+_NOISE_META = {"hijax", "ref", "eager_sharding"}
+
+
+def trace(obj, *args, method: str | None = None, variables=None, mutable=False, rngs=None,
+          name: str | None = None, **kwargs) -> Graph:
+    """Trace ``obj`` on example ``args`` into a Graph.
+
+    ``obj``: an ``nnx.Module``; a Linen module (with ``variables=``, or lazily initialized
+    from ``rngs=``); or a callable. ``args``: arrays, ShapeDtypeStructs or spec strings
+    such as ``"f32[B,784]"``. Other keywords are passed to the call as static values.
+    """
+    abstract = abstract_args(args)
+    if isinstance(obj, nnx.Module):
+        return _trace_nnx(obj, abstract, kwargs, method or "__call__", name)
+    if isinstance(obj, nn.Module):
+        return _trace_linen(obj, abstract, kwargs, variables, mutable, rngs, method, name)
+    if callable(obj):
+        fn = getattr(obj, method) if method else obj
+        return _trace_function(fn, abstract, kwargs, name)
+    raise NnxcError(f"cannot trace {type(obj).__name__}: expected an nnx.Module, a Linen "
+                    "module or a callable")
+
+
+# -- shared ----------------------------------------------------------------------
+
+def _key_name(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _join(parts) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _arg_names(fn: Callable, n: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:n]]
+    return names + [f"arg{i}" for i in range(len(names), n)]
+
+
+def _flat_inputs(abstract: tuple, names: list[str]) -> tuple[list[Value], Any]:
+    leaves, tree = jax.tree_util.tree_flatten_with_path(abstract)
+    values = []
+    for path, leaf in leaves:
+        arg = names[path[0].idx]
+        rest = [_key_name(k) for k in path[1:]]
+        values.append(Value(TensorType.of(leaf), _join([arg, *rest])))
+    return values, jax.tree_util.tree_structure(abstract)
+
+
+def _build(name: str, fn: Callable, var_structs: list, variables: list[Variable],
+           abstract: tuple, arg_names: list[str], var_out_names: Callable[[Any], list[str]]):
+    """make_jaxpr ``fn(var_leaves, *args) -> (out, new_var_leaves)`` and convert it."""
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(var_structs, *abstract)
+    graph = Graph(name)
+    graph.variables = variables
+    graph.inputs, graph.in_tree = _flat_inputs(abstract, arg_names)
+    in_values = [v.value for v in variables] + graph.inputs
+    outs = jaxpr_to_graph(closed, graph, in_values)
+    out_shape, new_var_shapes = shapes
+    n_out = len(jax.tree_util.tree_leaves(out_shape))
+    graph.outputs = outs[:n_out]
+    graph.out_tree = jax.tree_util.tree_structure(out_shape)
+    by_path = {v.path: v for v in variables}
+    for (path, kind), new in zip(var_out_names(new_var_shapes), outs[n_out:]):
+        var = by_path.get(path)
+        if var is None:  # created by the call (e.g. a sown intermediate)
+            var = Variable(Value(new.type, path), path, kind, {"new": True})
+            variables.append(var)
+            by_path[path] = var
+        if new is not var.value:
+            graph.updates.append((path, new))
+    return graph
+
+
+# -- NNX -------------------------------------------------------------------------
+
+def _variable_leaves(state) -> list[tuple[str, Any, Any]]:
+    """(path, Variable, leaf) for every array leaf of an nnx State, in flatten order."""
+    out = []
+    pairs = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    for path, var in pairs:
+        base = [_key_name(k) for k in path]
+        if isinstance(var, nnx.Variable):
+            for sub, leaf in jax.tree_util.tree_flatten_with_path(var.get_value())[0]:
+                out.append((_join(base + [_key_name(k) for k in sub]), var, leaf))
+        else:
+            out.append((_join(base), None, var))
+    return out
+
+
+def _variable_meta(var) -> dict:
+    meta = {}
+    if var is None:
+        return meta
+    for k, v in sorted(var.get_metadata().items()):
+        if k in _NOISE_META or k.startswith("_"):
+            continue
+        try:
+            meta[k] = jc.encode_param(v)
+        except jc.UnsupportedParam:
+            continue
+    return meta
+
+
+@functools.cache
+def _scoped_class(cls: type, path: str) -> type:
+    """A subclass of ``cls`` whose methods run inside a named scope for ``path``.
+
+    Instances are switched to it only inside the traced function, so nodes learn their
+    module path; the class is kept in the GraphDef, so modules merged again inside
+    nnx.scan / nnx.vmap bodies keep their path.
+    """
+    def wrap(fn):
+        @functools.wraps(fn)
+        def method(self, *a, **k):
+            with jc.named_scope(path):
+                return fn(self, *a, **k)
+        return method
+
+    body = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    for klass in cls.__mro__:
+        if klass in (nnx.Module, object) or not issubclass(klass, nnx.Module):
+            continue
+        for attr, fn in vars(klass).items():
+            if attr in body or not inspect.isfunction(fn):
+                continue
+            if attr == "__call__" or not attr.startswith("_"):
+                body[attr] = wrap(fn)
+    return type(cls)(cls.__name__, (cls,), body)
+
+
+def _scope_modules(model) -> None:
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and path:
+            node.__class__ = _scoped_class(type(node), _join(path))
+
+
+def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | None) -> Graph:
+    graphdef, state = nnx.split(model)
+    leaves = _variable_leaves(state)
+    state_tree = jax.tree_util.tree_structure(state)
+    variables = [Variable(Value(TensorType.of(leaf), path), path,
+                          type(var).__name__ if var is not None else "Variable",
+                          _variable_meta(var), leaf) for path, var, leaf in leaves]
+    structs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, _, leaf in leaves]
+
+    new_paths = []  # filled while tracing: the state after the call may have new variables
+
+    def out_names(_):
+        return [(path, type(var).__name__) for path, var, _ in new_paths[0]]
+
+    def traced(var_leaves, *args):
+        m = nnx.merge(graphdef, jax.tree_util.tree_unflatten(state_tree, var_leaves))
+        _scope_modules(m)
+        out = getattr(m, method)(*args, **kwargs)
+        new = _variable_leaves(nnx.state(m))
+        new_paths.append(new)
+        return out, [leaf for _, _, leaf in new]
+
+    fn = getattr(type(model), method, None)
+    arg_names = _arg_names(fn, len(abstract)) if fn else _arg_names(lambda: None, len(abstract))
+    if fn is not None and arg_names and arg_names[0] == "self":
+        arg_names = _arg_names(fn, len(abstract) + 1)[1:]
+    graph = _build(type(model).__name__ if name is None else name, traced, structs, variables,
+                   abstract, arg_names, out_names)
+    graph.meta.update(frontend="nnx", graphdef=graphdef, state_tree=state_tree, method=method,
+                      kwargs=dict(kwargs))
+    return graph
+
+
+# -- Linen -----------------------------------------------------------------------
+
+def _linen_interceptor(next_fun, args, kwargs, context):
+    path = context.module.path
+    if not path:
+        return next_fun(*args, **kwargs)
+    with jc.named_scope(_join(path)):
+        return next_fun(*args, **kwargs)
+
+
+def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, name) -> Graph:
+    from flax.core import unfreeze
+    if variables is None:
+        if rngs is None:
+            rngs = jax.random.key(0)
+        concrete = jax.tree_util.tree_map(
+            lambda s: jax.numpy.zeros(concrete_shape(s.shape), s.dtype), abstract)
+        init = functools.partial(module.init, method=method, **kwargs) if method else \
+            functools.partial(module.init, **kwargs)
+        variables = init(rngs, *concrete)
+        rngs = None
+    variables = unfreeze(variables)
+    rng_tree = {} if rngs is None else (dict(rngs) if isinstance(rngs, dict) else {"params": rngs})
+    inputs = {"variables": variables, "rngs": rng_tree}
+    flat, tree = jax.tree_util.tree_flatten_with_path(inputs)
+    paths = []
+    kinds = []
+    for path, _ in flat:
+        parts = [_key_name(k) for k in path]
+        if parts[0] == "variables":
+            kinds.append(parts[1])
+            paths.append(_join(parts[2:]))
+        else:
+            kinds.append("RngKey")
+            paths.append(_join(["rngs", *parts[1:]]))
+    if len(set(paths)) != len(paths):  # the same name in two collections: keep them apart
+        paths = [p if k == "RngKey" else f"{k}.{p}" for p, k in zip(paths, kinds)]
+    variables_ir = [Variable(Value(TensorType.of(leaf), p), p, k, {}, leaf)
+                    for (_, leaf), p, k in zip(flat, paths, kinds)]
+    structs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, leaf in flat]
+    path_of = {(k, _join([_key_name(x) for x in kp[2:]])): p
+               for (kp, _), p, k in zip(flat, paths, kinds) if k != "RngKey"}
+
+    def traced(var_leaves, *args):
+        ins = jax.tree_util.tree_unflatten(tree, var_leaves)
+        call_kwargs = dict(kwargs)
+        if method:
+            call_kwargs["method"] = method
+        with nn.intercept_methods(_linen_interceptor):
+            res = module.apply(ins["variables"], *args, rngs=ins["rngs"] or None,
+                               mutable=mutable, **call_kwargs)
+        if mutable is False:
+            return res, []
+        out, mutated = res
+        return out, unfreeze(mutated)
+
+    def out_names(mutated):
+        names = []
+        for kp, _ in jax.tree_util.tree_flatten_with_path(mutated)[0]:
+            parts = [_key_name(k) for k in kp]
+            names.append((path_of.get((parts[0], _join(parts[1:])), _join(parts[1:])), parts[0]))
+        return names
+
+    graph = _build(type(module).__name__ if name is None else name, traced, structs,
+                   variables_ir, abstract, _arg_names(module.__call__, len(abstract)), out_names)
+    graph.meta.update(frontend="linen", kwargs=dict(kwargs), mutable=mutable)
+    return graph
+
+
+# -- plain functions -------------------------------------------------------------
+
+def _trace_function(fn: Callable, abstract, kwargs, name: str | None) -> Graph:
+    def traced(_, *args):
+        return fn(*args, **kwargs), []
+
+    graph = _build(name or getattr(fn, "__name__", "function").strip("<>") or "function", traced,
+                   [], [], abstract, _arg_names(fn, len(abstract)), lambda _: [])
+    graph.meta.update(frontend="function", kwargs=dict(kwargs))
+    return graph

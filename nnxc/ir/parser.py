@@ -1,0 +1,488 @@
+"""Parse the text form back into a Graph: ``print(parse(text)) == text``."""
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+
+from .attrs import DType, EnumVal, Record, SymDim
+from .graph import Elided, Graph, Node, Region, Value, Variable
+from .types import DTYPE_NAMES, TensorType, to_dtype
+
+
+class IRParseError(ValueError):
+    """Malformed IR text; ``line`` and ``col`` are 1-based."""
+
+    def __init__(self, msg: str, line: int, col: int, text: str = ""):
+        self.msg, self.line, self.col = msg, line, col
+        where = f"line {line}, col {col}: {msg}"
+        if text:
+            where += f"\n  {text}\n  {' ' * (col - 1)}^"
+        super().__init__(where)
+
+
+_NAME = re.compile(r"%([A-Za-z0-9_.\-]+)")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_NUMBER = re.compile(r"-?(inf|nan|\d+(\.\d*)?([eE][-+]?\d+)?)")
+_DTYPE = re.compile(r"key<[a-z]+>|[a-z][a-z0-9]*")
+
+
+class _Record:
+    """An output-tree node of a class the parser cannot import: keeps its name and fields."""
+
+    _nnxc_record = True
+
+    def __init__(self, cls: str, items: list):
+        self.cls, self.items = cls, items
+
+
+jax.tree_util.register_pytree_node(
+    _Record,
+    lambda r: ([v for _, v in r.items], (r.cls, tuple(k for k, _ in r.items))),
+    lambda aux, children: _Record(aux[0], list(zip(aux[1], children))),
+)
+
+
+class _Leaf:
+    def __init__(self, value):
+        self.value = value
+
+
+class _Cursor:
+    def __init__(self, text: str, lineno: int):
+        self.text, self.lineno, self.pos = text, lineno, 0
+
+    def error(self, msg: str, pos: int | None = None):
+        col = (self.pos if pos is None else pos) + 1
+        raise IRParseError(msg, self.lineno, col, self.text)
+
+    def ws(self):
+        while self.pos < len(self.text) and self.text[self.pos] == " ":
+            self.pos += 1
+
+    def peek(self, s: str) -> bool:
+        self.ws()
+        return self.text.startswith(s, self.pos)
+
+    def accept(self, s: str) -> bool:
+        if self.peek(s):
+            self.pos += len(s)
+            return True
+        return False
+
+    def expect(self, s: str):
+        if not self.accept(s):
+            found = self.text[self.pos:self.pos + 12] or "end of line"
+            self.error(f"expected {s!r}, found {found!r}")
+
+    def match(self, pattern: re.Pattern, what: str) -> str:
+        self.ws()
+        m = pattern.match(self.text, self.pos)
+        if not m:
+            self.error(f"expected {what}")
+        self.pos = m.end()
+        return m.group(0)
+
+    def at_end(self) -> bool:
+        self.ws()
+        return self.pos >= len(self.text)
+
+    def end(self):
+        if not self.at_end():
+            self.error(f"unexpected {self.text[self.pos:self.pos + 12]!r}")
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.lines = text.split("\n")
+        self.i = 0
+        self.scopes: list[dict[str, Value]] = [{}]
+
+    # -- values ----------------------------------------------------------------
+    def define(self, cur: _Cursor, name: str, v: Value, pos: int):
+        if any(name in s for s in self.scopes):
+            cur.error(f"value %{name} is defined twice", pos)
+        self.scopes[-1][name] = v
+
+    def lookup(self, cur: _Cursor, name: str, pos: int) -> Value:
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return scope[name]
+        cur.error(f"undefined value %{name}", pos)
+
+    def line(self) -> _Cursor:
+        while self.i < len(self.lines) and not self.lines[self.i].strip():
+            self.i += 1
+        if self.i >= len(self.lines):
+            raise IRParseError("unexpected end of input", len(self.lines), 1)
+        cur = _Cursor(self.lines[self.i], self.i + 1)
+        self.i += 1
+        return cur
+
+    # -- types -----------------------------------------------------------------
+    def type(self, cur: _Cursor) -> TensorType:
+        start = cur.pos
+        dtype = cur.match(_DTYPE, "a dtype")
+        if dtype not in DTYPE_NAMES:
+            cur.error(f"unknown dtype {dtype!r}", start)
+        cur.expect("[")
+        dims = []
+        if not cur.accept("]"):
+            while True:
+                cur.ws()
+                j = cur.pos
+                while j < len(cur.text) and cur.text[j] not in ",]":
+                    j += 1
+                tok = cur.text[cur.pos:j].strip()
+                if not tok:
+                    cur.error("expected a dim")
+                dims.append(int(tok) if tok.lstrip("-").isdigit() else tok)
+                cur.pos = j
+                if cur.accept("]"):
+                    break
+                cur.expect(",")
+        return TensorType(tuple(dims), dtype)
+
+    def typed_name(self, cur: _Cursor) -> tuple[str, int, TensorType]:
+        cur.ws()
+        pos = cur.pos
+        name = cur.match(_NAME, "a value name like %x")[1:]
+        cur.expect(":")
+        return name, pos, self.type(cur)
+
+    # -- literals --------------------------------------------------------------
+    def scalar(self, cur: _Cursor):
+        if cur.accept("True"):
+            return True
+        if cur.accept("False"):
+            return False
+        if cur.accept("("):
+            re_ = self.number(cur)
+            cur.expect(",")
+            im = self.number(cur)
+            cur.expect(")")
+            return complex(re_, im)
+        return self.number(cur)
+
+    def number(self, cur: _Cursor):
+        tok = cur.match(_NUMBER, "a number")
+        if re.fullmatch(r"-?\d+", tok):
+            return int(tok)
+        return float(tok)
+
+    def attr(self, cur: _Cursor):
+        cur.ws()
+        c = cur.text[cur.pos:cur.pos + 1]
+        if c == '"':
+            return self.string(cur)
+        if c == "(":
+            cur.pos += 1
+            items = []
+            if cur.accept(")"):
+                return ()
+            while True:
+                items.append(self.attr(cur))
+                if cur.accept(")"):
+                    return tuple(items)
+                cur.expect(",")
+                if cur.accept(")"):
+                    return tuple(items)
+        if c == "-" or c.isdigit() or cur.peek("inf") or cur.peek("nan"):
+            return self.number(cur)
+        start = cur.pos
+        ident = cur.match(_IDENT, "an attribute value")
+        if ident == "None":
+            return None
+        if ident in ("True", "False"):
+            return ident == "True"
+        if ident == "dim" and cur.peek("("):
+            cur.expect("(")
+            j = cur.text.find(")", cur.pos)
+            depth, j = 1, cur.pos
+            while j < len(cur.text) and depth:
+                depth += {"(": 1, ")": -1}.get(cur.text[j], 0)
+                j += 1
+            if depth:
+                cur.error("unclosed dim(")
+            expr = cur.text[cur.pos:j - 1]
+            cur.pos = j
+            return SymDim(expr)
+        if ident == "key" and cur.peek("<"):
+            cur.pos = start
+            return DType(cur.match(_DTYPE, "a dtype"))
+        if cur.text.startswith(".", cur.pos):
+            cur.pos += 1
+            return EnumVal(ident, cur.match(_IDENT, "an enum member"))
+        if cur.text.startswith("(", cur.pos):
+            cur.pos += 1
+            fields = []
+            if not cur.accept(")"):
+                while True:
+                    key = cur.match(_IDENT, "a field name")
+                    cur.expect("=")
+                    fields.append((key, self.attr(cur)))
+                    if cur.accept(")"):
+                        break
+                    cur.expect(",")
+            return Record(ident, tuple(fields))
+        if ident in DTYPE_NAMES:
+            return DType(ident)
+        return SymDim(ident)
+
+    def string(self, cur: _Cursor) -> str:
+        cur.expect('"')
+        out = []
+        while True:
+            if cur.pos >= len(cur.text):
+                cur.error("unterminated string")
+            ch = cur.text[cur.pos]
+            cur.pos += 1
+            if ch == '"':
+                return "".join(out)
+            if ch == "\\":
+                nxt = cur.text[cur.pos:cur.pos + 1]
+                cur.pos += 1
+                out.append("\n" if nxt == "n" else nxt)
+            else:
+                out.append(ch)
+
+    def attr_dict(self, cur: _Cursor) -> dict:
+        out = {}
+        cur.expect("{")
+        if cur.accept("}"):
+            return out
+        while True:
+            key = cur.match(_IDENT, "an attribute name")
+            cur.expect("=")
+            out[key] = self.attr(cur)
+            if cur.accept("}"):
+                return out
+            cur.expect(",")
+
+    def operand(self, cur: _Cursor) -> Value:
+        cur.ws()
+        pos = cur.pos
+        if cur.peek("%"):
+            return self.lookup(cur, cur.match(_NAME, "a value")[1:], pos)
+        x = self.scalar(cur)
+        cur.expect(":")
+        dtype = cur.match(_DTYPE, "a dtype")
+        if dtype not in DTYPE_NAMES:
+            cur.error(f"unknown dtype {dtype!r}")
+        return Value(TensorType((), dtype), data=np.asarray(x, dtype=to_dtype(dtype)))
+
+    # -- graph -----------------------------------------------------------------
+    def graph(self) -> Graph:
+        cur = self.line()
+        cur.expect("graph")
+        cur.expect("@")
+        g = Graph(cur.match(_OPNAME, "a graph name"))
+        cur.expect("(")
+        if not cur.accept(")"):
+            while True:
+                name, pos, t = self.typed_name(cur)
+                v = Value(t, name)
+                self.define(cur, name, v, pos)
+                g.inputs.append(v)
+                if cur.accept(")"):
+                    break
+                cur.expect(",")
+        cur.expect("{")
+        cur.end()
+        while True:
+            cur = self.line()
+            cur.ws()
+            if cur.accept("var "):
+                name, pos, t = self.typed_name(cur)
+                kind = cur.match(_IDENT, "a Variable type")
+                meta = self.attr_dict(cur) if cur.peek("{") else {}
+                cur.end()
+                v = Value(t, name)
+                self.define(cur, name, v, pos)
+                g.variables.append(Variable(v, name, kind, meta))
+            elif cur.accept("const "):
+                name, pos, t = self.typed_name(cur)
+                cur.expect("=")
+                v = Value(t, name, data=self.const_data(cur, t))
+                cur.end()
+                self.define(cur, name, v, pos)
+                g.consts.append(v)
+            elif cur.accept("update "):
+                pos = cur.pos
+                name = cur.match(_NAME, "a variable")[1:]
+                var = next((x for x in g.variables if x.value.name == name), None)
+                if var is None:
+                    cur.error(f"%{name} is not a variable", pos)
+                cur.expect("=")
+                g.updates.append((var.path, self.operand(cur)))
+                cur.end()
+            elif cur.accept("return"):
+                g.outputs, g.out_tree = self.out_tree(cur)
+                cur.end()
+                close = self.line()
+                close.expect("}")
+                close.end()
+                return g
+            else:
+                g.nodes.append(self.node(cur))
+
+    def const_data(self, cur: _Cursor, t: TensorType):
+        if cur.accept("elided<"):
+            digest = cur.match(re.compile(r"[0-9a-f]+"), "a hex digest")
+            cur.expect(">")
+            return Elided(digest)
+        cur.expect("dense<[")
+        vals = []
+        if not cur.accept("]"):
+            while True:
+                vals.append(self.scalar(cur))
+                if cur.accept("]"):
+                    break
+                cur.expect(",")
+        cur.expect(">")
+        size = int(np.prod([d for d in t.shape if isinstance(d, int)]))
+        if len(vals) != size or not t.is_static:
+            cur.error(f"dense constant has {len(vals)} values for type {t}")
+        return np.asarray(vals, dtype=to_dtype(t.dtype)).reshape(t.shape)
+
+    def node(self, cur: _Cursor) -> Node:
+        outs: list[tuple[str, int, TensorType]] = []
+        if cur.peek("%"):
+            while True:
+                outs.append(self.typed_name(cur))
+                if cur.accept("="):
+                    break
+                cur.expect(",")
+        op = cur.match(_OPNAME, "an op name")
+        cur.expect("(")
+        inputs = []
+        if not cur.accept(")"):
+            while True:
+                inputs.append(self.operand(cur))
+                if cur.accept(")"):
+                    break
+                cur.expect(",")
+        attrs = {}
+        if cur.peek("{") and cur.text[cur.pos + 1:].strip():  # a lone "{" opens regions
+            attrs = self.attr_dict(cur)
+        path = ""
+        if cur.accept("@"):
+            path = cur.match(re.compile(r"[^\s]+"), "a module path")
+        loc = None
+        if cur.accept("loc("):
+            loc = self.string(cur)
+            cur.expect(")")
+        node = Node(op, inputs, [t for _, _, t in outs], attrs, path=path, loc=loc)
+        for (name, pos, _), v in zip(outs, node.outputs):
+            self.define(cur, name, v, pos)
+        if cur.accept("{"):
+            cur.end()
+            while True:
+                node.regions.append(self.region())
+                close = self.line()
+                close.expect("}")
+                if close.at_end():
+                    break
+                close.expect("{")
+                close.end()
+        else:
+            cur.end()
+        return node
+
+    def region(self) -> Region:
+        cur = self.line()
+        cur.expect("^(")
+        self.scopes.append({})
+        args = []
+        if not cur.accept(")"):
+            while True:
+                name, pos, t = self.typed_name(cur)
+                v = Value(t)
+                self.define(cur, name, v, pos)
+                args.append(v)
+                if cur.accept(")"):
+                    break
+                cur.expect(",")
+        cur.expect(":")
+        cur.end()
+        region = Region(args)
+        while True:
+            cur = self.line()
+            if cur.accept("yield"):
+                if not cur.at_end():
+                    while True:
+                        region.results.append(self.operand(cur))
+                        if cur.at_end():
+                            break
+                        cur.expect(",")
+                break
+            region.nodes.append(self.node(cur))
+        self.scopes.pop()
+        return region
+
+    def out_tree(self, cur: _Cursor):
+        if cur.at_end():
+            return [], jax.tree_util.tree_structure(())
+        first = self.tree_expr(cur)
+        if cur.at_end():
+            leaves, tree = jax.tree_util.tree_flatten(first, is_leaf=lambda x: isinstance(x, _Leaf))
+            return [x.value for x in leaves], tree
+        items = [first]
+        while cur.accept(","):
+            items.append(self.tree_expr(cur))
+        if not all(isinstance(x, _Leaf) for x in items):
+            cur.error("a flat return lists values only")
+        return [x.value for x in items], None
+
+    def tree_expr(self, cur: _Cursor):
+        cur.ws()
+        if cur.peek("%") or _NUMBER.match(cur.text, cur.pos) or re.match(r"(True|False):", cur.text[cur.pos:]):
+            return _Leaf(self.operand(cur))
+        if cur.accept("None"):
+            return None
+        for open_, close, kind in (("(", ")", tuple), ("[", "]", list)):
+            if cur.accept(open_):
+                items, trailing = [], False
+                while not cur.accept(close):
+                    items.append(self.tree_expr(cur))
+                    trailing = cur.accept(",")
+                    if not trailing:
+                        cur.expect(close)
+                        break
+                if kind is tuple and len(items) == 1 and not trailing:
+                    cur.error("a 1-tuple needs a trailing comma")
+                return kind(items)
+        if cur.accept("{"):
+            out = {}
+            while not cur.accept("}"):
+                key = self.attr(cur)
+                cur.expect(":")
+                out[key] = self.tree_expr(cur)
+                if not cur.accept(","):
+                    cur.expect("}")
+                    break
+            return out
+        cls = cur.match(_IDENT, "an output value or structure")
+        cur.expect("{")
+        items = []
+        while not cur.accept("}"):
+            key = cur.match(re.compile(r"[A-Za-z0-9_]+"), "a field name")
+            cur.expect("=")
+            items.append((key, self.tree_expr(cur)))
+            if not cur.accept(","):
+                cur.expect("}")
+                break
+        return _Record(cls, items)
+
+
+def parse(text: str) -> Graph:
+    """Parse IR text. Raises IRParseError with the line and column of the first problem."""
+    p = _Parser(text)
+    g = p.graph()
+    while p.i < len(p.lines):
+        if p.lines[p.i].strip():
+            raise IRParseError("text after the end of the graph", p.i + 1, 1, p.lines[p.i])
+        p.i += 1
+    return g
