@@ -191,8 +191,9 @@ def eval_dim(expr: str, env: dict) -> Any:
                        "max": lambda a, b: core.max_dim(a, b), "min": lambda a, b: core.min_dim(a, b),
                        "non_negative": lambda a: core.max_dim(a, 0)}
                 return fns[name](*args)
-            if name not in env:
-                env[name] = jax.export.symbolic_shape(name)[0]
+            if name not in env:  # a new symbol; symbols made here share one scope
+                scope = env.setdefault("__scope__", jax.export.SymbolicScope())
+                env[name] = jax.export.symbolic_shape(name, scope=scope)[0]
             return env[name]
         if t.group(0).strip() == "(":
             v = add()

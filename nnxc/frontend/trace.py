@@ -84,6 +84,7 @@ def _build(name: str, fn: Callable, var_structs: list, variables: list[Variable]
     """make_jaxpr ``fn(var_leaves, *args) -> (out, new_var_leaves)`` and convert it."""
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(var_structs, *abstract)
     graph = Graph(name)
+    graph.meta["reference"] = _reference(fn, [v.data for v in variables], len(jax.tree_util.tree_leaves(abstract)))
     graph.variables = variables
     graph.inputs, graph.in_tree = _flat_inputs(abstract, arg_names)
     in_values = [v.value for v in variables] + graph.inputs
@@ -102,6 +103,21 @@ def _build(name: str, fn: Callable, var_structs: list, variables: list[Variable]
         if new is not var.value:
             graph.updates.append((path, new))
     return graph
+
+
+def _reference(fn: Callable, var_data: list, n_args: int) -> Callable:
+    """The model's own computation, jitted: ``reference(*args) -> outputs`` at the traced state.
+
+    Used as the exact reference for the XLA and ONNX paths (``nnxc check``, ``crosscheck``).
+    ``reference.apply(var_leaves, *args) -> (outputs, new_var_leaves)`` is the pure form.
+    """
+    jitted = jax.jit(fn)
+
+    def reference(*args):
+        return jitted(var_data, *args)[0]
+
+    reference.apply = jitted
+    return reference
 
 
 # -- NNX -------------------------------------------------------------------------
@@ -186,7 +202,8 @@ def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | Non
         _scope_modules(m)
         out = getattr(m, method)(*args, **kwargs)
         new = _variable_leaves(nnx.state(m))
-        new_paths.append(new)
+        if not new_paths:
+            new_paths.append(new)
         return out, [leaf for _, _, leaf in new]
 
     fn = getattr(type(model), method, None)

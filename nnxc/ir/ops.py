@@ -1,0 +1,105 @@
+"""Op registry: the shape/dtype rule of every op.
+
+Core ops are JAX primitives: their rule is JAX's own abstract evaluation (the default).
+``SHAPE_RULES`` holds the rest: region ops, and the ``nnxc.*`` ops that passes add. A rule
+takes the node, its input types and a symbol environment and returns the output types.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..frontend import _jax_compat as jc
+from .graph import Node
+from .types import TensorType, dim_text, to_dtype
+
+ShapeRule = Callable[[Node, list, dict], list]
+SHAPE_RULES: dict[str, ShapeRule] = {}
+
+
+class ShapeError(ValueError):
+    pass
+
+
+def shape_rule(*ops: str):
+    def register(fn: ShapeRule) -> ShapeRule:
+        for op in ops:
+            SHAPE_RULES[op] = fn
+        return fn
+    return register
+
+
+def aval(t: TensorType, env: dict):
+    shape = tuple(d if isinstance(d, int) else jc.eval_dim(d, env) for d in t.shape)
+    return jc.shaped_array(shape, to_dtype(t.dtype))
+
+
+def from_aval(a) -> TensorType:
+    return TensorType.of(a)
+
+
+def infer(node: Node, in_types: list, env: dict) -> list:
+    """Output types of ``node`` for the given input types (raises ShapeError)."""
+    rule = SHAPE_RULES.get(node.op)
+    if rule is not None:
+        return rule(node, in_types, env)
+    prim = jc.primitive(node.op)
+    if prim is None:
+        raise ShapeError(f"unknown op {node.op!r} (no JAX primitive and no shape rule)")
+    params = {k: jc.decode_param(v, env) for k, v in node.attrs.items()}
+    try:
+        outs = jc.abstract_eval(prim, [aval(t, env) for t in in_types], params)
+    except Exception as e:  # noqa: BLE001 - JAX raises many types for bad shapes
+        raise ShapeError(f"{type(e).__name__}: {e}") from None
+    return [from_aval(a) for a in outs]
+
+
+def _drop_lead(t: TensorType) -> TensorType:
+    return TensorType(t.shape[1:], t.dtype)
+
+
+def _add_lead(t: TensorType, n) -> TensorType:
+    return TensorType((dim_text(n),) + tuple(t.shape), t.dtype)
+
+
+def _expect(what: str, got: list, want: list):
+    if list(got) != list(want):
+        raise ShapeError(f"{what}: got ({', '.join(map(str, got))}), "
+                         f"expected ({', '.join(map(str, want))})")
+
+
+@shape_rule("scan")
+def _scan(node: Node, ins: list, env: dict) -> list:
+    a = node.attrs
+    nc, ncarry, length = a["num_consts"], a["num_carry"], a["length"]
+    (body,) = node.regions
+    want_args = ins[:nc + ncarry] + [_drop_lead(t) for t in ins[nc + ncarry:]]
+    _expect("scan body arguments", [v.type for v in body.args], want_args)
+    res = [v.type for v in body.results]
+    _expect("scan body carry results", res[:ncarry], ins[nc:nc + ncarry])
+    return res[:ncarry] + [_add_lead(t, length) for t in res[ncarry:]]
+
+
+@shape_rule("while")
+def _while(node: Node, ins: list, env: dict) -> list:
+    cn, bn = node.attrs["cond_nconsts"], node.attrs["body_nconsts"]
+    cond, body = node.regions
+    carry = ins[cn + bn:]
+    _expect("while cond arguments", [v.type for v in cond.args], ins[:cn] + carry)
+    _expect("while cond result", [v.type for v in cond.results], [TensorType((), "bool")])
+    _expect("while body arguments", [v.type for v in body.args], ins[cn:cn + bn] + carry)
+    _expect("while body results", [v.type for v in body.results], carry)
+    return carry
+
+
+@shape_rule("cond")
+def _cond(node: Node, ins: list, env: dict) -> list:
+    if ins[0].rank != 0 or ins[0].dtype not in ("i32", "i64", "u32", "bool"):
+        raise ShapeError(f"cond index must be an integer scalar, got {ins[0]}")
+    outs = None
+    for i, branch in enumerate(node.regions):
+        _expect(f"cond branch {i} arguments", [v.type for v in branch.args], ins[1:])
+        res = [v.type for v in branch.results]
+        if outs is not None:
+            _expect(f"cond branch {i} results", res, outs)
+        outs = res
+    return outs or []
