@@ -6,12 +6,13 @@ import re
 import jax
 import numpy as np
 
+from ..errors import NnxcError
 from .attrs import DType, EnumVal, Record, SymDim
 from .graph import Elided, Graph, Node, Region, Value, Variable
 from .types import DTYPE_NAMES, TensorType, to_dtype
 
 
-class IRParseError(ValueError):
+class IRParseError(NnxcError, ValueError):
     """Malformed IR text; ``line`` and ``col`` are 1-based."""
 
     def __init__(self, msg: str, line: int, col: int, text: str = ""):
