@@ -10,3 +10,7 @@ from .backends.xla.compile import Compiled, compile
 
 __all__ = ["trace", "compile", "Compiled", "ir", "NnxcError", "SpecError", "UnsupportedOpError",
            "VerifyError", "__version__"]
+
+from .runtime.artifact import load, save  # noqa: E402 - needs the names above
+
+__all__ += ["save", "load"]

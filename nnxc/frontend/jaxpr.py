@@ -96,9 +96,12 @@ class Converter:
 
     def node(self, eqn, name: str, ins, path: str, loc: str | None) -> Node:
         jc.register_primitive(eqn.primitive)
-        if name in REFUSED:
+        out_types = [aval_type(v.aval) for v in eqn.outvars]
+        if name in REFUSED:  # one entry per refused op; its params (callbacks) don't matter
             self.unsupported.append((name, path, loc, REFUSED[name]))
+            return Node(name, ins, out_types, {}, (), path, loc)
         attrs = {}
+        bad = []
         dropped = DROPPED.get(name, ())
         for k, v in eqn.params.items():
             if k in dropped:
@@ -109,13 +112,15 @@ class Converter:
             try:
                 attrs[k] = jc.encode_param(v)
             except jc.UnsupportedParam as e:
-                self.unsupported.append((name, path, loc, f"param {k!r}: {e}"))
+                bad.append(f"param {k!r}: {e}")
+        if bad:
+            self.unsupported.append((name, path, loc, "; ".join(bad)))
         regions = []
         for key in REGIONS.get(name, ()):
             bodies = eqn.params[key]
             for body in (bodies if isinstance(bodies, (tuple, list)) else (bodies,)):
                 regions.append(self.region(body, path))
-        return Node(name, ins, [aval_type(v.aval) for v in eqn.outvars], attrs, regions, path, loc)
+        return Node(name, ins, out_types, attrs, regions, path, loc)
 
     def region(self, cj, path: str) -> Region:
         jaxpr = cj.jaxpr if isinstance(cj, jc.ClosedJaxpr) else cj

@@ -296,3 +296,15 @@ def _trace_function(fn: Callable, abstract, kwargs, name: str | None) -> Graph:
                    [], [], abstract, _arg_names(fn, len(abstract)), lambda _: [])
     graph.meta.update(frontend="function", kwargs=dict(kwargs))
     return graph
+
+
+def nnx_state(graph: Graph, state: dict) -> "nnx.State":
+    """An ``nnx.State`` for a traced NNX graph from a ``{path: array}`` dict (e.g. ``exe.state``).
+
+    Merge it back with ``nnx.update(model, nnx_state(graph, exe.state))`` or build a new
+    module with ``nnx.merge(graph.meta["graphdef"], nnx_state(graph, exe.state))``.
+    """
+    if graph.meta.get("frontend") != "nnx":
+        raise NnxcError("nnx_state needs a graph traced from an nnx.Module")
+    leaves = [state[v.path] for v in graph.variables if not v.meta.get("new")]
+    return jax.tree_util.tree_unflatten(graph.meta["state_tree"], leaves)

@@ -103,3 +103,12 @@ def _cond(node: Node, ins: list, env: dict) -> list:
             _expect(f"cond branch {i} results", res, outs)
         outs = res
     return outs or []
+
+
+@shape_rule("scatter", "scatter-add", "scatter-mul", "scatter-min", "scatter-max")
+def _scatter(node: Node, ins: list, env: dict) -> list:
+    # JAX's rule wants the combiner jaxpr, which the IR leaves out: the result is the operand's type
+    operand, _, updates = ins
+    if updates.dtype != operand.dtype:
+        raise ShapeError(f"updates dtype {updates.dtype} differs from operand {operand.dtype}")
+    return [operand]

@@ -40,6 +40,8 @@ def format_const(v: Value) -> str:
     if isinstance(v.data, Elided):
         return f"elided<{v.data.digest}>"
     flat = np.asarray(v.data).reshape(-1)
+    if flat.size > DENSE_LIMIT:
+        return f"elided<{Elided.of(v.data).digest}>"
     return "dense<[" + ",".join(format_scalar(x, v.type.dtype) for x in flat) + "]>"
 
 

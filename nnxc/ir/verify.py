@@ -70,9 +70,7 @@ def _block(nodes: list[Node], defined: set, env: dict, check_types: bool) -> Non
                 check_attr(a)
             except TypeError as e:
                 raise VerifyError(_describe(node, f"attribute {k}: {e}")) from None
-        for region in node.regions:
-            _region(node, region, defined, env, check_types)
-        if check_types:
+        if check_types:  # the node's own rule first: it checks region signatures
             try:
                 want = infer(node, [v.type for v in node.inputs], env)
             except ShapeError as e:
@@ -82,6 +80,8 @@ def _block(nodes: list[Node], defined: set, env: dict, check_types: bool) -> Non
                 raise VerifyError(_describe(node, "output types (" + ", ".join(map(str, got))
                                             + ") but the op's rule gives ("
                                             + ", ".join(map(str, want)) + ")"))
+        for region in node.regions:
+            _region(node, region, defined, env, check_types)
         for v in node.outputs:
             if id(v) in defined:
                 raise VerifyError(_describe(node, "an output value is defined twice"))
