@@ -154,3 +154,37 @@ def test_sown_intermediates_become_new_variables():
     out = exe(_x())
     np.testing.assert_array_equal(exe.state["h.0"] * 2, out)
     assert dataclasses.is_dataclass(Out)
+
+
+def test_a_training_step_compiles_to_one_graph_and_matches_nnx_jit():
+    import optax
+
+    def make():
+        m = nnx.Sequential(nnx.Linear(3, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 1, rngs=nnx.Rngs(1)))
+        return m, nnx.Optimizer(m, optax.adam(1e-2), wrt=nnx.Param)
+
+    def train_step(model, optimizer, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    model, opt = make()
+    g = nnxc.trace(train_step, model, opt, "f32[B,3]", "f32[B,1]")
+    assert [v.name for v in g.inputs] == ["x", "y"]
+    kinds = {v.path: v.kind for v in g.variables}
+    assert kinds["model.layers.0.kernel"] == "Param"
+    assert kinds["optimizer.opt_state.0.mu.layers.0.kernel"] == "OptVariable"
+    assert {p for p, _ in g.updates} == set(kinds)  # every parameter and optimizer slot moves
+    exe = nnxc.compile(g)
+    ref_model, ref_opt = make()
+    step = nnx.jit(train_step)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x, y = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 1)).astype(np.float32)
+        np.testing.assert_allclose(exe(x, y), step(ref_model, ref_opt, x, y), rtol=1e-6)
+    new_model, new_opt = nnx_state(g, exe.state)
+    nnx.update(model, new_model)
+    nnx.update(opt, new_opt)
+    for a, b in zip(jax.tree_util.tree_leaves(nnx.state((model, opt))),
+                    jax.tree_util.tree_leaves(nnx.state((ref_model, ref_opt)))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

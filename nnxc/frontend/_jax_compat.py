@@ -113,6 +113,8 @@ def encode_param(v: Any) -> Any:
         return SymDim(str(v).replace(" ", ""))
     if isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic)):
         return DType(dtype_name(v))
+    if type(v).__name__ == "PRNGImpl":  # a NamedTuple of functions: keep its name only
+        return Record("PRNGImpl", (("name", v.name),))
     if hasattr(v, "_fields") and isinstance(v, tuple):
         return Record(type(v).__name__, tuple((f, encode_param(getattr(v, f))) for f in v._fields))
     if isinstance(v, (tuple, list)):
@@ -120,8 +122,6 @@ def encode_param(v: Any) -> Any:
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return Record(type(v).__name__, tuple((f.name, encode_param(getattr(v, f.name)))
                                               for f in dataclasses.fields(v)))
-    if type(v).__name__ == "PRNGImpl":
-        return Record("PRNGImpl", (("name", v.name),))
     if str(v).startswith("key<"):  # a PRNG key dtype
         return DType(str(v))
     raise UnsupportedParam(f"parameter of type {type(v).__name__} ({v!r:.60})")

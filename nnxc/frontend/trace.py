@@ -34,13 +34,15 @@ def trace(obj, *args, method: str | None = None, variables=None, mutable=False, 
     from ``rngs=``); or a callable. ``args``: arrays, ShapeDtypeStructs or spec strings
     such as ``"f32[B,784]"``. Other keywords are passed to the call as static values.
     """
-    abstract = abstract_args(args)
+    abstract = abstract_args([a for a in args if not _is_node(a)])
     if isinstance(obj, nnx.Module):
         return _trace_nnx(obj, abstract, kwargs, method or "__call__", name)
     if isinstance(obj, nn.Module):
         return _trace_linen(obj, abstract, kwargs, variables, mutable, rngs, method, name)
     if callable(obj):
         fn = getattr(obj, method) if method else obj
+        if any(_is_node(a) for a in args):
+            return _trace_function_of_nodes(fn, args, kwargs, name)
         return _trace_function(fn, abstract, kwargs, name)
     raise NnxcError(f"cannot trace {type(obj).__name__}: expected an nnx.Module, a Linen "
                     "module or a callable")
@@ -177,43 +179,65 @@ def _scoped_class(cls: type, path: str) -> type:
     return type(cls)(cls.__name__, (cls,), body)
 
 
-def _scope_modules(model) -> None:
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Module) and path:
-            node.__class__ = _scoped_class(type(node), _join(path))
+def _scope_modules(root, prefix: str) -> None:
+    for path, node in nnx.iter_graph(root):
+        full = _join([prefix, *path] if prefix else path)
+        if isinstance(node, nnx.Module) and full:
+            node.__class__ = _scoped_class(type(node), full)
 
 
 def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | None) -> Graph:
-    graphdef, state = nnx.split(model)
-    leaves = _variable_leaves(state)
+    fn = getattr(type(model), method, None)
+    names = _arg_names(fn, len(abstract) + 1)[1:] if fn else _arg_names(lambda: None, len(abstract))
+
+    def call(nodes, *args):
+        return getattr(nodes[0], method)(*args, **kwargs)
+
+    graph = _trace_stateful(type(model).__name__ if name is None else name, call, (model,), [""],
+                            abstract, names)
+    graph.meta.update(frontend="nnx", method=method, kwargs=dict(kwargs))
+    return graph
+
+
+def _trace_stateful(name: str, call: Callable, nodes: tuple, prefixes: list[str], abstract,
+                    arg_names: list[str]) -> Graph:
+    """Trace ``call(nodes, *args)`` where ``nodes`` are NNX graph nodes (modules, optimizers).
+
+    Their state becomes the graph's variables, named ``prefix.path`` (no prefix for "").
+    """
+    graphdef, state = nnx.split(nodes)
     state_tree = jax.tree_util.tree_structure(state)
+
+    def named(leaves):
+        out = []
+        for path, var, leaf in leaves:
+            index, _, rest = path.partition(".")
+            prefix = prefixes[int(index)]
+            out.append((_join([prefix, rest] if prefix else [rest]), var, leaf))
+        return out
+
+    leaves = named(_variable_leaves(state))
     variables = [Variable(Value(TensorType.of(leaf), path), path,
                           type(var).__name__ if var is not None else "Variable",
                           _variable_meta(var), leaf) for path, var, leaf in leaves]
     structs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, _, leaf in leaves]
-
     new_paths = []  # filled while tracing: the state after the call may have new variables
 
     def out_names(_):
         return [(path, type(var).__name__) for path, var, _ in new_paths[0]]
 
     def traced(var_leaves, *args):
-        m = nnx.merge(graphdef, jax.tree_util.tree_unflatten(state_tree, var_leaves))
-        _scope_modules(m)
-        out = getattr(m, method)(*args, **kwargs)
-        new = _variable_leaves(nnx.state(m))
+        merged = nnx.merge(graphdef, jax.tree_util.tree_unflatten(state_tree, var_leaves))
+        for node, prefix in zip(merged, prefixes):
+            _scope_modules(node, prefix)
+        out = call(merged, *args)
+        new = named(_variable_leaves(nnx.state(merged)))
         if not new_paths:
             new_paths.append(new)
         return out, [leaf for _, _, leaf in new]
 
-    fn = getattr(type(model), method, None)
-    arg_names = _arg_names(fn, len(abstract)) if fn else _arg_names(lambda: None, len(abstract))
-    if fn is not None and arg_names and arg_names[0] == "self":
-        arg_names = _arg_names(fn, len(abstract) + 1)[1:]
-    graph = _build(type(model).__name__ if name is None else name, traced, structs, variables,
-                   abstract, arg_names, out_names)
-    graph.meta.update(frontend="nnx", graphdef=graphdef, state_tree=state_tree, method=method,
-                      kwargs=dict(kwargs))
+    graph = _build(name, traced, structs, variables, abstract, arg_names, out_names)
+    graph.meta.update(graphdef=graphdef, state_tree=state_tree)
     return graph
 
 
@@ -301,10 +325,43 @@ def _trace_function(fn: Callable, abstract, kwargs, name: str | None) -> Graph:
 def nnx_state(graph: Graph, state: dict) -> "nnx.State":
     """An ``nnx.State`` for a traced NNX graph from a ``{path: array}`` dict (e.g. ``exe.state``).
 
+    For a function of several NNX objects (a training step), a tuple of States in argument order.
+
     Merge it back with ``nnx.update(model, nnx_state(graph, exe.state))`` or build a new
     module with ``nnx.merge(graph.meta["graphdef"], nnx_state(graph, exe.state))``.
     """
-    if graph.meta.get("frontend") != "nnx":
-        raise NnxcError("nnx_state needs a graph traced from an nnx.Module")
+    if "state_tree" not in graph.meta:
+        raise NnxcError("nnx_state needs a graph traced from an nnx.Module (or a function of them)")
     leaves = [state[v.path] for v in graph.variables if not v.meta.get("new")]
-    return jax.tree_util.tree_unflatten(graph.meta["state_tree"], leaves)
+    states = jax.tree_util.tree_unflatten(graph.meta["state_tree"], leaves)
+    parts = tuple(states[i] for i in sorted(states.keys()))
+    return parts[0] if graph.meta.get("frontend") == "nnx" else parts
+
+
+def _is_node(x) -> bool:
+    return isinstance(x, nnx.Pytree) and nnx.graphlib.is_graph_node(x)
+
+
+def _trace_function_of_nodes(fn: Callable, args: tuple, kwargs, name: str | None) -> Graph:
+    """A function of NNX modules/optimizers and arrays, e.g. a training step
+    ``train_step(model, optimizer, batch)``: the nodes' state becomes variables named
+    ``model.linear1.kernel``, ``optimizer.opt_state.0.mu.linear1.kernel``; what the function
+    mutates (parameters, optimizer state) becomes variable updates."""
+    names = _arg_names(fn, len(args))
+    node_pos = [i for i, a in enumerate(args) if _is_node(a)]
+    arrays = [i for i in range(len(args)) if i not in node_pos]
+    abstract = abstract_args([args[i] for i in arrays])
+
+    def call(nodes, *array_args):
+        full = list(args)
+        for i, node in zip(node_pos, nodes):
+            full[i] = node
+        for i, a in zip(arrays, array_args):
+            full[i] = a
+        return fn(*full, **kwargs)
+
+    graph = _trace_stateful(name or getattr(fn, "__name__", "function").strip("<>"), call,
+                            tuple(args[i] for i in node_pos), [names[i] for i in node_pos],
+                            abstract, [names[i] for i in arrays])
+    graph.meta.update(frontend="function", kwargs=dict(kwargs))
+    return graph
