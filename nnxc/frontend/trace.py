@@ -143,7 +143,7 @@ def _variable_meta(var) -> dict:
     if var is None:
         return meta
     for k, v in sorted(var.get_metadata().items()):
-        if k in _NOISE_META or k.startswith("_"):
+        if k in _NOISE_META or k.startswith("_") or v is None:
             continue
         try:
             meta[k] = jc.encode_param(v)

@@ -29,13 +29,20 @@ class Compiled:
     per input shape (once, for graphs without symbolic dims).
     """
 
-    def __init__(self, graph: Graph, state: dict | None = None):
+    def __init__(self, graph: Graph, state: dict | None = None, mesh=None):
         self.graph = graph
+        self.mesh = mesh
         self._inputs = [v for v in graph.variables if not v.meta.get("new")]
         self.state: dict[str, Any] = {v.path: v.data for v in self._inputs}
         if state is not None:
             self.state.update(state)
-        self._jitted = jax.jit(functools.partial(run_graph, graph))
+        fn = functools.partial(run_graph, graph)
+        if mesh is None:
+            self._jitted = jax.jit(fn)
+        else:
+            placement = shardings(graph, mesh)
+            self._var_shardings = placement["in_shardings"][0]
+            self._jitted = jax.jit(fn, **placement)
         self._executables: dict[tuple, Any] = {}
         if all(v.type.is_static for v in graph.inputs):
             self._executable(self._arg_structs())
@@ -94,11 +101,19 @@ class Compiled:
         flat = self._flat_args(args)
         structs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
         exe = self._executable(structs)
-        outs, new = exe([state[v.path] for v in self._inputs], flat)
+        outs, new = exe(self._place([state[v.path] for v in self._inputs]), flat)
         new_state = {var.path: x for var, x in zip(self.graph.variables, new)}
         tree = self.graph.out_tree
         result = jax.tree_util.tree_unflatten(tree, outs) if tree is not None else tuple(outs)
         return result, new_state
+
+    def _place(self, leaves: list) -> list:
+        """Variables on the devices the executable expects (a no-op when already there)."""
+        if self.mesh is not None:
+            return jax.device_put(leaves, self._var_shardings)
+        device = jax.devices()[0]
+        return [jax.device_put(x, device) if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+                else x for x in leaves]
 
     def __call__(self, *args):
         out, new_state = self.apply(self.state, *args)
@@ -135,6 +150,47 @@ class Compiled:
         return {n: 1 for n in names}
 
 
-def compile(graph: Graph, state: dict | None = None) -> Compiled:  # noqa: A001 - public name
-    """Compile ``graph`` ahead of time for the current platform."""
-    return Compiled(graph, state)
+def compile(graph: Graph, state: dict | None = None, mesh=None) -> Compiled:  # noqa: A001
+    """Compile ``graph`` ahead of time for the current platform (on ``mesh``, sharded)."""
+    return Compiled(graph, state, mesh)
+
+
+SHARDING_KEYS = ("out_sharding", "sharding_names", "sharding")
+
+
+def partition_names(meta: dict, rank: int, axis_names) -> tuple:
+    """A variable's partitioning (``nnx.with_partitioning`` names) restricted to the mesh."""
+    names = next((meta[k] for k in SHARDING_KEYS if meta.get(k) is not None), None)
+    if names is None or len(names) != rank:
+        return ()
+    return tuple(n if n in axis_names else None for n in names)
+
+
+def shardings(graph: Graph, mesh) -> dict:
+    """jit in/out shardings: variables by their partitioning metadata, data inputs split
+    along their leading dim over a ``data`` axis (when the mesh has one), outputs replicated."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+    axes = mesh.axis_names
+    var = [NamedSharding(mesh, P(*partition_names(v.meta, v.value.type.rank, axes)))
+           for v in graph.variables]
+    batch = "data" if "data" in axes else None
+    args = [NamedSharding(mesh, P(batch) if batch and v.type.rank else P()) for v in graph.inputs]
+    inputs = [s for s, v in zip(var, graph.variables) if not v.meta.get("new")]
+    outs = [NamedSharding(mesh, P()) for _ in graph.outputs]
+    return {"in_shardings": (inputs, args), "out_shardings": (outs, var)}
+
+
+def parse_mesh(text: str):
+    """``"data=2,model=4"`` -> a jax Mesh over the first devices (Auto axis types)."""
+    from jax.sharding import AxisType
+    try:
+        pairs = [(k.strip(), int(v)) for k, v in (item.split("=") for item in text.split(","))]
+    except ValueError:
+        raise NnxcError(f"bad mesh {text!r}: expected axis=size pairs like data=2,model=4") from None
+    size = int(np.prod([n for _, n in pairs]))
+    if size > jax.device_count():
+        raise NnxcError(f"mesh {text!r} needs {size} devices, {jax.device_count()} available "
+                        "(on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    return jax.make_mesh(tuple(n for _, n in pairs), tuple(k for k, _ in pairs),
+                         axis_types=(AxisType.Auto,) * len(pairs))

@@ -1,0 +1,59 @@
+"""Run in a subprocess with 8 fake CPU devices: a tensor-parallel decoder compiled on a mesh.
+
+Prints one JSON line: max abs difference to the unsharded run and the collectives in the HLO.
+"""
+import json
+import os
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import nnxc  # noqa: E402
+from nnxc.backends.xla.compile import parse_mesh  # noqa: E402
+
+init = nnx.initializers.lecun_normal()
+
+
+class Block(nnx.Module):
+    def __init__(self, d, heads, rngs):
+        self.ln = nnx.LayerNorm(d, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            heads, d, decode=False, rngs=rngs,
+            kernel_init=nnx.with_partitioning(init, (None, "model", None)),
+            out_kernel_init=nnx.with_partitioning(init, ("model", None, None)))
+        self.up = nnx.Linear(d, 4 * d, rngs=rngs, kernel_init=nnx.with_partitioning(init, (None, "model")))
+        self.down = nnx.Linear(4 * d, d, rngs=rngs, kernel_init=nnx.with_partitioning(init, ("model", None)))
+
+    def __call__(self, x):
+        h = self.ln(x)
+        x = x + self.attn(h, mask=nnx.make_causal_mask(jnp.ones(x.shape[:2])))
+        return x + self.down(nnx.gelu(self.up(self.ln(x))))
+
+
+class Decoder(nnx.Module):
+    def __init__(self, depth=2, d=32, heads=4, *, rngs):
+        self.blocks = nnx.List([Block(d, heads, rngs) for _ in range(depth)])
+
+    def __call__(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+mesh = parse_mesh("data=2,model=4")
+with jax.set_mesh(mesh):
+    model = Decoder(rngs=nnx.Rngs(0))
+graph = nnxc.trace(model, "f32[B,8,32]")
+x = np.random.default_rng(0).standard_normal((4, 8, 32)).astype(np.float32)
+sharded = nnxc.compile(graph, mesh=mesh)
+plain = nnxc.compile(graph)
+diff = float(np.max(np.abs(np.asarray(sharded(x)) - np.asarray(plain(x)))))
+hlo = sharded.as_text("hlo", jax.ShapeDtypeStruct(x.shape, x.dtype))
+found = [c for c in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute") if c in hlo]
+kernel = sharded.state["blocks.0.up.kernel"]
+print(json.dumps({"diff": diff, "collectives": found, "kernel_spec": str(kernel.sharding.spec),
+                  "devices": len(kernel.sharding.device_set)}))
