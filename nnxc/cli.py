@@ -54,7 +54,9 @@ def load_factory(spec: str):
 
 def _short_exc(e: BaseException) -> str:
     import traceback
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename]
+    own = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if "site-packages" not in f.filename and not f.filename.startswith(own)]
     where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
     return f"{type(e).__name__}: {e}{where}"
 
@@ -110,10 +112,15 @@ def trace_model(args, stages):
     if getattr(args, "eval", False) and isinstance(made, nnx.Module):
         made.eval()
     with stages.stage("trace"):
-        if variables is not None:
-            graph = trace(made, *specs, variables=variables, **kwargs)
-        else:
-            graph = trace(made, *specs, **kwargs)
+        try:
+            if variables is not None:
+                graph = trace(made, *specs, variables=variables, **kwargs)
+            else:
+                graph = trace(made, *specs, **kwargs)
+        except NnxcError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the model's own code failed on these inputs
+            raise NnxcError(f"tracing {args.model} failed: {_short_exc(e)}") from None
     for want, v in zip(names, graph.inputs):
         if want and v.name != want:
             raise SpecError(f"input {want!r} does not match the model's argument {v.name!r} "
@@ -169,6 +176,10 @@ def cmd_ir(args) -> int:
     graph = trace_model(args, stages)
     with stages.stage("verify"):
         verify(graph)
+    if args.summary:
+        from .runtime.summary import format_module_table, module_table
+        print(format_module_table(module_table(graph, depth=args.depth)))
+        return 0
     text = graph.text(locs=not args.no_locs)
     if args.output:
         atomic_write(args.output, text)
@@ -218,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("-o", "--output", help="write the IR text here instead of printing it")
     p.add_argument("--no-locs", action="store_true", help="leave out source locations")
+    p.add_argument("--summary", action="store_true",
+                   help="print parameters, bytes, FLOPs and nodes per module instead of the IR")
+    p.add_argument("--depth", type=int, default=1, help="module path depth of --summary rows")
     p.set_defaults(func=cmd_ir)
 
     p = sub.add_parser("check", help="trace, compile and compare with the model's own output")
