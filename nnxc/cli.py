@@ -32,6 +32,7 @@ def load_factory(spec: str):
         name = "nnxc_user_" + os.path.splitext(os.path.basename(target))[0]
         mod_spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module  # dataclass-based code (Linen) looks its module up here
         sys.path.insert(0, folder)
         try:
             mod_spec.loader.exec_module(module)
@@ -149,14 +150,17 @@ class Stages:
     """Prints each stage as it finishes: ``  trace      ✓  0.41 s``."""
 
     def __init__(self, quiet: bool = False):
+        from .runtime.progress import Progress
         self.quiet = quiet
         self.failed = False
+        self.progress = Progress(quiet)  # a spinner while a stage runs, on a terminal only
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):
         t0 = time.perf_counter()
         try:
-            yield
+            with self.progress.task(f"{name} {detail}".rstrip()):
+                yield
         except BaseException:
             self._line(name, "✗", time.perf_counter() - t0, detail)
             raise
@@ -169,25 +173,70 @@ class Stages:
 
 # -- commands -----------------------------------------------------------------------
 
+IR_FORMATS = {".ir": "text", ".txt": "text", ".json": "json", ".dot": "dot", ".gv": "dot",
+              ".html": "html", ".htm": "html"}
+
+
 def cmd_ir(args) -> int:
     from ._files import atomic_write
     from .ir import verify
+    fmt = args.format or IR_FORMATS.get(os.path.splitext(args.output or "")[1].lower(), "text")
+    if args.diff and fmt not in ("text", "html"):
+        raise SpecError(f"--diff writes text or html, not {fmt}")
+    pipeline = _pipeline(args.passes or "default") if (args.passes or args.diff) else None
     stages = Stages(args.quiet)
     graph = trace_model(args, stages)
     with stages.stage("verify"):
         verify(graph)
+    steps = None
+    if args.diff:
+        from .runtime.passdiff import format_steps, step_passes
+        with stages.stage("passes", args.passes or "default"):
+            steps = step_passes(graph, pipeline, progress=stages.progress)
+        graph = steps[-1].after if steps else graph
+    elif pipeline is not None:
+        from .passes import optimize
+        with stages.stage("passes", args.passes):
+            graph = optimize(graph, pipeline)
     if args.summary:
         from .runtime.summary import format_module_table, module_table
         print(format_module_table(module_table(graph, depth=args.depth)))
         return 0
-    text = graph.text(locs=not args.no_locs)
+    with stages.stage("render", fmt):
+        if steps is not None:
+            from .ir.view.diff_html import to_diff_html
+            text = to_diff_html(steps, graph.name) if fmt == "html" else format_steps(steps) + "\n"
+        elif fmt == "json":
+            from .ir.jsonio import to_json
+            text = to_json(graph)
+        elif fmt == "dot":
+            from .ir.view import to_dot
+            text = to_dot(graph, locs=not args.no_locs)
+        elif fmt == "html":
+            from .ir.view import to_html
+            text = to_html(graph)
+        else:
+            text = graph.text(locs=not args.no_locs)
     if args.output:
         atomic_write(args.output, text)
         if not args.quiet:
-            print(f"wrote {args.output} ({sum(1 for _ in graph.walk())} nodes)", file=sys.stderr)
+            print(f"wrote {args.output} ({fmt}, {sum(1 for _ in graph.walk())} nodes)", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _pipeline(text: str):
+    """``default`` (a preset) or ``simplify,dce`` (pass names) -> what nnxc.optimize takes."""
+    from .passes import PASSES, PRESETS
+    if text in PRESETS:
+        return text
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in PASSES]
+    if unknown or not names:
+        raise SpecError(f"bad --passes {text!r}: use a preset ({', '.join(PRESETS)}) or pass names "
+                        f"separated by commas ({', '.join(PASSES)})")
+    return names
 
 
 def cmd_check(args) -> int:
@@ -227,7 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ir", help="trace a model and print or write its IR")
     _model_args(p)
-    p.add_argument("-o", "--output", help="write the IR text here instead of printing it")
+    p.add_argument("-o", "--output", help="write the IR here instead of printing it")
+    p.add_argument("-f", "--format", choices=["text", "json", "dot", "html"],
+                   help="text IR, JSON (schema nnxc-ir v1), Graphviz DOT, or an interactive HTML page "
+                        "(default: from the -o extension, else text)")
+    p.add_argument("--passes", metavar="PIPELINE",
+                   help="optimize first: a preset (default, inference, ...) or pass names like simplify,dce")
+    p.add_argument("--diff", action="store_true",
+                   help="show what each pass changed, by module (text, or a page with --format html)")
     p.add_argument("--no-locs", action="store_true", help="leave out source locations")
     p.add_argument("--summary", action="store_true",
                    help="print parameters, bytes, FLOPs and nodes per module instead of the IR")

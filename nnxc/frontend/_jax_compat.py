@@ -132,7 +132,7 @@ def decode_param(v: Any, dims: dict | None = None) -> Any:
     if isinstance(v, DType):
         return to_dtype(v.name)
     if isinstance(v, SymDim):
-        return eval_dim(v.expr, dims or {})
+        return eval_dim(v.expr, {} if dims is None else dims)  # not `or`: an empty env is shared
     if isinstance(v, EnumVal):
         cls = _enum_types().get(v.cls)
         if cls is None:

@@ -124,6 +124,7 @@ class _Parser:
 
     # -- types -----------------------------------------------------------------
     def type(self, cur: _Cursor) -> TensorType:
+        cur.ws()
         start = cur.pos
         dtype = cur.match(_DTYPE, "a dtype")
         if dtype not in DTYPE_NAMES:
@@ -137,8 +138,8 @@ class _Parser:
                 while j < len(cur.text) and cur.text[j] not in ",]":
                     j += 1
                 tok = cur.text[cur.pos:j].strip()
-                if not tok:
-                    cur.error("expected a dim")
+                if not tok or " " in tok:
+                    cur.error("expected a dim (an integer or a symbol) then ',' or ']'")
                 dims.append(int(tok) if tok.lstrip("-").isdigit() else tok)
                 cur.pos = j
                 if cur.accept("]"):
@@ -269,9 +270,10 @@ class _Parser:
             return self.lookup(cur, cur.match(_NAME, "a value")[1:], pos)
         x = self.scalar(cur)
         cur.expect(":")
+        start = cur.pos
         dtype = cur.match(_DTYPE, "a dtype")
         if dtype not in DTYPE_NAMES:
-            cur.error(f"unknown dtype {dtype!r}")
+            cur.error(f"unknown dtype {dtype!r}", start)
         return Value(TensorType((), dtype), data=np.asarray(x, dtype=to_dtype(dtype)))
 
     # -- graph -----------------------------------------------------------------
