@@ -29,8 +29,10 @@ artifact does not copy its weights on every call.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import os
+import re
 from typing import Any
 
 import jax
@@ -39,6 +41,7 @@ import numpy as np
 from .. import __version__
 from ..errors import NnxcError
 from ..ir.graph import Graph
+from ..backends.xla.lower import updated_paths
 from ..ir.types import _KEY_IMPLS, dtype_name, is_plain_symbol, to_dtype
 from . import artifact_format as fmt
 from .artifact_format import ArtifactError
@@ -58,14 +61,17 @@ def save(graph_or_compiled, path: str | os.PathLike, platforms=("cpu",), passes=
     Returns the manifest written.
     """
     graph, values = _graph_and_state(graph_or_compiled)
-    if passes is not None:
-        from .. import optimize  # noqa: PLC0415 - the pass manager is optional here
-        graph = optimize(graph, passes)
     values.update(state or {})
+    if passes is not None:
+        from ..passes import optimize
+        # the passes see the values being saved (freeze folds them into constants)
+        graph = optimize(dataclasses.replace(graph, variables=[
+            dataclasses.replace(v, data=values.get(v.path, v.data)) for v in graph.variables]),
+            passes)
     platforms = _platforms(platforms)
     inputs = [v for v in graph.variables if not v.meta.get("new")]
-    returned = _returned_paths(graph)
-    exported = _export(graph, returned, platforms)
+    returned = updated_paths(graph)
+    exported = _export(graph, platforms)
     weights, weight_specs = _weights(inputs, values)
     in_obj = _placeholder(graph.in_tree, len(graph.inputs))
     out_obj = _placeholder(graph.out_tree, len(graph.outputs))
@@ -115,20 +121,11 @@ def _platforms(platforms) -> tuple[str, ...]:
     return platforms
 
 
-def _returned_paths(graph: Graph) -> list[str]:
-    changed = {p for p, _ in graph.updates}
-    return [v.path for v in graph.variables if v.meta.get("new") or v.path in changed]
-
-
-def _export(graph: Graph, returned: list[str], platforms) -> jax.export.Exported:
+def _export(graph: Graph, platforms) -> jax.export.Exported:
     from ..backends.xla.compile import _struct
     from ..backends.xla.lower import run_graph
     inputs = [v for v in graph.variables if not v.meta.get("new")]
-    keep = [i for i, v in enumerate(graph.variables) if v.path in set(returned)]
-
-    def model(var_leaves, args):
-        outs, new = run_graph(graph, var_leaves, args)
-        return outs, [new[i] for i in keep]
+    model = functools.partial(run_graph, graph)  # returns (outputs, updated_paths values)
 
     env: dict = {}  # one symbolic scope for all inputs
     var_structs = [_struct(v.value.type) for v in inputs]
@@ -182,10 +179,14 @@ def _jsonable(v: Any) -> Any:
 # -- pytree structures as JSON --------------------------------------------------------
 
 def _placeholder(tree, n: int):
-    """The tree with its flat leaf indices as leaves (a flat tuple when ``tree`` is None)."""
-    if tree is None:
-        return tuple(range(n))
-    return jax.tree_util.tree_unflatten(tree, list(range(n)))
+    """The tree with its flat leaf indices as leaves (a flat tuple when it has none or
+    cannot be rebuilt with ints as leaves)."""
+    if tree is not None:
+        try:
+            return jax.tree_util.tree_unflatten(tree, list(range(n)))
+        except Exception:  # noqa: BLE001 - a class whose unflatten insists on arrays
+            pass
+    return tuple(range(n))
 
 
 def _key(k) -> Any:
@@ -236,6 +237,17 @@ def rebuild(spec, leaves: list):
     return {k: rebuild(s, leaves) for k, s in spec["dict"]}
 
 
+def _has_class(spec) -> bool:
+    """Whether a manifest tree has a node rebuilt as a dict in place of its own class."""
+    if not isinstance(spec, dict):
+        return False
+    if "class" in spec:
+        return True
+    children = spec.get("tuple") or spec.get("list") or spec.get("items") or \
+        [s for _, s in spec.get("dict", [])]
+    return any(_has_class(c) for c in children)
+
+
 def _leaf_names(obj) -> list[str]:
     pairs = jax.tree_util.tree_flatten_with_path(obj)[0]
     return [".".join(str(_key(k)) for k in path) or "out" for path, _ in pairs]
@@ -274,17 +286,20 @@ class Artifact:
         self._returned = list(manifest["returned_state"])
         self._inputs = [(i["name"], tuple(i["shape"]), i["dtype"], to_dtype(i["dtype"]))
                         for i in manifest["inputs"]]
-        n_in = len(self.exported.in_avals)
-        if n_in != len(self._var_paths) + len(self._inputs):
-            raise ArtifactError(f"the exported function takes {n_in} arrays, the manifest "
-                                f"lists {len(self._var_paths)} variables and "
-                                f"{len(self._inputs)} inputs")
+        n_in, n_out = len(self.exported.in_avals), len(self.exported.out_avals)
+        if (n_in, n_out) != (len(self._var_paths) + len(self._inputs),
+                             len(manifest["outputs"]) + len(self._returned)):
+            raise ArtifactError(f"the exported function takes {n_in} arrays and returns "
+                                f"{n_out}, which does not fit the manifest's "
+                                f"{len(self._var_paths)} variables, {len(self._inputs)} "
+                                f"inputs, {len(manifest['outputs'])} outputs and "
+                                f"{len(self._returned)} updated variables")
         self.state = _read_weights(sections["weights"], manifest, variables)
         self._var_structs = [jax.ShapeDtypeStruct(self.state[p].shape, self.state[p].dtype)
                              for p in self._var_paths]
         in_obj = rebuild(manifest["input_tree"], list(range(len(self._inputs))))
         self._in_tree = jax.tree_util.tree_structure(in_obj)
-        self._in_exact = "class" not in str(manifest["input_tree"])
+        self._in_exact = not _has_class(manifest["input_tree"])
         self._out_tree = manifest["output_tree"]
         self._call = jax.jit(self.exported.call)
         self._executables: dict[tuple, Any] = {}
@@ -300,29 +315,40 @@ class Artifact:
     # -- running -------------------------------------------------------------------
     def apply(self, state: dict, *args):
         """Pure call: ``(outputs, new_state)``; ``state`` maps variable paths to arrays."""
-        leaves = self._flat_args(args)
-        try:
-            var_leaves = [state[p] for p in self._var_paths]
-        except KeyError:
-            missing = [p for p in self._var_paths if p not in state]
-            raise NnxcError(f"no value for variable(s) {', '.join(missing[:5])}"
-                            + (" ..." if len(missing) > 5 else "")) from None
-        exe = self._executable(leaves)
-        try:
-            outs, updated = exe(var_leaves, leaves)
-        except (TypeError, ValueError) as e:
-            self._check_state(state)
-            raise NnxcError(f"running {self.manifest.get('name')}: {e}") from e
+        outs, updated = self._run(state, args)
         new_state = dict(state)
         new_state.update(zip(self._returned, updated))
         return rebuild(self._out_tree, outs), new_state
 
     def __call__(self, *args):
-        out, self.state = self.apply(self.state, *args)
-        return out
+        outs, updated = self._run(self.state, args)
+        if updated:  # a new dict, as apply gives: earlier references keep their values
+            self.state = {**self.state, **dict(zip(self._returned, updated))}
+        return rebuild(self._out_tree, outs)
 
-    def _executable(self, leaves: list):
-        key = tuple((x.shape, x.dtype) for x in leaves)
+    def _run(self, state: dict, args) -> tuple[list, list]:
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        try:  # fast path: an argument signature already checked and compiled
+            exe = self._executables[(tree, *[(x.shape, x.dtype) for x in leaves])]
+        except (KeyError, AttributeError):
+            leaves, exe = self._prepare(args)
+        try:
+            var_leaves = list(map(state.__getitem__, self._var_paths))
+        except KeyError:
+            missing = [p for p in self._var_paths if p not in state]
+            raise NnxcError(f"no value for variable(s) {', '.join(missing[:5])}"
+                            + (" ..." if len(missing) > 5 else "")) from None
+        try:
+            return exe(var_leaves, leaves)
+        except (TypeError, ValueError) as e:
+            self._check_state(state)
+            raise NnxcError(f"running {self.manifest.get('name')}: {e}") from e
+
+    def _prepare(self, args) -> tuple[list, Any]:
+        """Check the arguments against the manifest; compile for their shapes once."""
+        leaves = self._flat_args(args)
+        tree = jax.tree_util.tree_structure(args)
+        key = (tree, *[(x.shape, x.dtype) for x in leaves])
         exe = self._executables.get(key)
         if exe is None:
             here = jax.export.default_export_platform()
@@ -330,9 +356,15 @@ class Artifact:
                 raise NnxcError(f"artifact {self.manifest.get('name')} was exported for "
                                 f"{', '.join(self.platforms)}; it cannot run on {here}")
             structs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-            exe = self._call.lower(self._var_structs, structs).compile()
+            try:
+                exe = self._call.lower(self._var_structs, structs).compile()
+            except Exception as e:  # noqa: BLE001 - e.g. a dim expression the inputs break
+                shapes = ", ".join(f"{n}: {_type_text(s.dtype)}[{','.join(map(str, s.shape))}]"
+                                   for (n, *_), s in zip(self._inputs, structs))
+                raise NnxcError(f"cannot run {self.manifest.get('name')} on inputs ({shapes}): "
+                                f"{type(e).__name__}: {e}") from e
             self._executables[key] = exe
-        return exe
+        return leaves, exe
 
     def _flat_args(self, args) -> list:
         leaves, tree = jax.tree_util.tree_flatten(tuple(args))
@@ -345,23 +377,26 @@ class Artifact:
         for (name, shape, dtype, want), x in zip(self._inputs, leaves):
             if not isinstance(x, jax.Array):
                 x = np.asarray(x)
-            got = f"{_type_text(x.dtype)}[{','.join(map(str, x.shape))}]"
-            expected = f"{dtype}[{','.join(map(str, shape))}]"
             if x.dtype != want:
-                raise NnxcError(f"input {name!r}: expected {expected}, got {got} (wrong dtype)")
+                _input_error(name, shape, dtype, x, "wrong dtype")
             if len(x.shape) != len(shape):
-                raise NnxcError(f"input {name!r}: expected {expected}, got {got} (wrong rank)")
+                _input_error(name, shape, dtype, x, "wrong rank")
             for i, (d, s) in enumerate(zip(shape, x.shape)):
                 if isinstance(d, int):
-                    ok, why = d == s, f"dim {i} is {s}, expected {d}"
+                    if d != s:
+                        _input_error(name, shape, dtype, x, f"dim {i} is {s}, expected {d}")
                 elif is_plain_symbol(d):
-                    ok, why = dims.setdefault(d, (s, name))[0] == s, \
-                        f"dim {i} is {s} but {d}={dims[d][0]} from input {dims[d][1]!r}"
-                else:
-                    ok, why = True, ""  # an expression: the exported function checks it
-                if not ok:
-                    raise NnxcError(f"input {name!r}: expected {expected}, got {got} ({why})")
+                    bound, where = dims.setdefault(d, (s, name))
+                    if bound != s:
+                        _input_error(name, shape, dtype, x,
+                                     f"dim {i} is {s} but {d}={bound} from input {where!r}")
             out.append(x)
+        for (name, shape, dtype, _), x in zip(self._inputs, out):  # expressions, e.g. 2*B
+            for i, (d, s) in enumerate(zip(shape, x.shape)):
+                if isinstance(d, str) and not is_plain_symbol(d):
+                    want = _eval_dim(d, {k: v for k, (v, _) in dims.items()})
+                    if want is not None and want != s:
+                        _input_error(name, shape, dtype, x, f"dim {i} is {s} but {d}={want}")
         return out
 
     def _check_state(self, state: dict) -> None:
@@ -371,6 +406,24 @@ class Artifact:
                 raise NnxcError(f"state[{path!r}]: expected {_type_text(s.dtype)}"
                                 f"{list(s.shape)}, got {_type_text(getattr(x, 'dtype', '?'))}"
                                 f"{list(np.shape(x))}")
+
+
+def _eval_dim(expr: str, env: dict) -> int | None:
+    """A dim expression's value when all its symbols are bound, else None."""
+    from ..frontend._jax_compat import eval_dim
+    if any(n not in env for n in re.findall(r"[A-Za-z_]\w*", expr)
+           if n not in ("floordiv", "mod", "max", "min", "non_negative")):
+        return None
+    try:
+        return int(eval_dim(expr, dict(env)))
+    except Exception:  # noqa: BLE001 - leave odd expressions to the exported function
+        return None
+
+
+def _input_error(name, shape, dtype, x, why):
+    expected = f"{dtype}[{','.join(map(str, shape))}]"
+    got = f"{_type_text(x.dtype)}[{','.join(map(str, x.shape))}]"
+    raise NnxcError(f"input {name!r}: expected {expected}, got {got} ({why})")
 
 
 def _type_text(dtype) -> str:

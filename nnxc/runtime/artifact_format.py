@@ -19,7 +19,10 @@ covered: the header fields are checked directly, the manifest by its sha256 in t
 the payload by its sha256 in the manifest.
 
 Readers are looked up by version in ``READERS``; a format change bumps FORMAT_VERSION and
-keeps the reader of every older version.
+keeps the reader of every older version, and tools/make_golden_artifact.py adds a golden
+file for the new version to tests/golden_artifacts (the old goldens stay and must load).
+The ``exported`` section is ``jax.export`` serialization, readable under jax's own
+compatibility guarantees for serialized modules.
 """
 from __future__ import annotations
 

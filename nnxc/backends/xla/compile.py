@@ -10,7 +10,7 @@ import numpy as np
 from ...errors import NnxcError
 from ...ir.graph import Graph
 from ...ir.types import to_dtype
-from .lower import run_graph
+from .lower import run_graph, updated_paths
 
 
 def _struct(t, dims: dict | None = None):
@@ -33,6 +33,7 @@ class Compiled:
         self.graph = graph
         self.mesh = mesh
         self._inputs = [v for v in graph.variables if not v.meta.get("new")]
+        self._updated = updated_paths(graph)
         self.state: dict[str, Any] = {v.path: v.data for v in self._inputs}
         if state is not None:
             self.state.update(state)
@@ -102,7 +103,8 @@ class Compiled:
         structs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
         exe = self._executable(structs)
         outs, new = exe(self._place([state[v.path] for v in self._inputs]), flat)
-        new_state = {var.path: x for var, x in zip(self.graph.variables, new)}
+        new_state = dict(state)
+        new_state.update(zip(self._updated, new))
         tree = self.graph.out_tree
         result = jax.tree_util.tree_unflatten(tree, outs) if tree is not None else tuple(outs)
         return result, new_state
@@ -177,8 +179,10 @@ def shardings(graph: Graph, mesh) -> dict:
     batch = "data" if "data" in axes else None
     args = [NamedSharding(mesh, P(batch) if batch and v.type.rank else P()) for v in graph.inputs]
     inputs = [s for s, v in zip(var, graph.variables) if not v.meta.get("new")]
+    by_path = {v.path: s for s, v in zip(var, graph.variables)}
     outs = [NamedSharding(mesh, P()) for _ in graph.outputs]
-    return {"in_shardings": (inputs, args), "out_shardings": (outs, var)}
+    return {"in_shardings": (inputs, args),
+            "out_shardings": (outs, [by_path[p] for p in updated_paths(graph)])}
 
 
 def parse_mesh(text: str):

@@ -76,8 +76,17 @@ def bind_dims(graph: Graph, args: list) -> dict:
     return dims
 
 
+def updated_paths(graph: Graph) -> list[str]:
+    """Paths of the variables a call changes (updated or created), in variable order."""
+    changed = {p for p, _ in graph.updates}
+    return [v.path for v in graph.variables if v.meta.get("new") or v.path in changed]
+
+
 def run_graph(graph: Graph, var_leaves: list, args: list) -> tuple[list, list]:
-    """Evaluate the graph: (outputs, new values of the input variables, then new variables)."""
+    """Evaluate the graph: (outputs, new values of ``updated_paths(graph)``).
+
+    Variables the call leaves alone are not returned, so XLA does not copy them.
+    """
     inputs = [v for v in graph.variables if not v.meta.get("new")]
     env = {var.value: x for var, x in zip(inputs, var_leaves)}
     env.update(zip(graph.inputs, args))
@@ -85,8 +94,7 @@ def run_graph(graph: Graph, var_leaves: list, args: list) -> tuple[list, list]:
     run_nodes(graph.nodes, env, dims)
     read = lambda v: env[v] if v in env else const_array(v)  # noqa: E731
     updates = dict(graph.updates)
-    new_state = [read(updates.get(var.path, var.value)) for var in graph.variables]
-    return [read(v) for v in graph.outputs], new_state
+    return [read(v) for v in graph.outputs], [read(updates[p]) for p in updated_paths(graph)]
 
 
 # -- regions ---------------------------------------------------------------------
@@ -142,3 +150,6 @@ def _scatter(node, args, dims):
 def _dim_as_value(node, args, dims):
     dim = jc.decode_param(node.attrs["dim"], dims)
     return [jax.numpy.asarray(jc.dimension_as_value(dim), dtype=to_dtype(node.outputs[0].type.dtype))]
+
+
+from . import fused  # noqa: E402,F401 - registers the nnxc.* lowerings
