@@ -1,10 +1,15 @@
-"""The graph IR: types, graph classes, text printer/parser, verifier, networkx view."""
+"""The graph IR: types, graph classes, text printer/parser, verifier, networkx view, and
+views for people and tools: JSON, Graphviz DOT, an interactive HTML page, graph diffs."""
 from .attrs import DType, EnumVal, Record, SymDim
+from .changes import GraphDiff, diff
 from .graph import Elided, Graph, Node, Region, Value, Variable
+from .jsonio import IRJsonError, from_json, to_json
 from .parser import IRParseError, parse
 from .printer import print_graph
 from .types import TensorType
 from .verify import verify
+from .view import to_dot, to_html
 
 __all__ = ["DType", "EnumVal", "Record", "SymDim", "Elided", "Graph", "Node", "Region", "Value",
-           "Variable", "IRParseError", "parse", "print_graph", "TensorType", "verify"]
+           "Variable", "IRParseError", "parse", "print_graph", "TensorType", "verify",
+           "to_json", "from_json", "IRJsonError", "to_dot", "to_html", "diff", "GraphDiff"]
