@@ -231,10 +231,10 @@ def _trace_stateful(name: str, call: Callable, nodes: tuple, prefixes: list[str]
         for node, prefix in zip(merged, prefixes):
             _scope_modules(node, prefix)
         out = call(merged, *args)
-        new = named(_variable_leaves(nnx.state(merged)))
-        if not new_paths:
-            new_paths.append(new)
-        return out, [leaf for _, _, leaf in new]
+        new_state = nnx.state(merged)
+        if not new_paths:  # names are needed once; the structure is the same every call
+            new_paths.append(named(_variable_leaves(new_state)))
+        return out, jax.tree_util.tree_leaves(new_state)
 
     graph = _build(name, traced, structs, variables, abstract, arg_names, out_names)
     graph.meta.update(graphdef=graphdef, state_tree=state_tree)
