@@ -4,13 +4,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import ir
+from .backends.onnx import export_onnx
+from .backends.xla.compile import Compiled, compile
 from .errors import NnxcError, SpecError, UnsupportedOpError, VerifyError
 from .frontend.trace import trace
-from .backends.xla.compile import Compiled, compile
+from .passes import optimize
+from .runtime.artifact import load, save
+from .runtime.crosscheck import crosscheck
 
-__all__ = ["trace", "compile", "Compiled", "ir", "NnxcError", "SpecError", "UnsupportedOpError",
-           "VerifyError", "__version__"]
-
-from .runtime.artifact import load, save  # noqa: E402 - needs the names above
-
-__all__ += ["save", "load"]
+__all__ = ["trace", "optimize", "compile", "Compiled", "export_onnx", "save", "load", "crosscheck",
+           "ir", "NnxcError", "SpecError", "UnsupportedOpError", "VerifyError", "__version__"]

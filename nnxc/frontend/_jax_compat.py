@@ -11,7 +11,6 @@ import dataclasses
 import enum
 import functools
 import importlib
-import pkgutil
 import re
 from typing import Any
 

@@ -1,0 +1,55 @@
+"""Optimization passes: small functions ``Graph -> Graph``, registered by name in ``PASSES``.
+
+A pass never modifies its argument; it returns it unchanged when there is nothing to do and
+a new graph otherwise. Presets are lists of names. ``nnxc.optimize`` runs them.
+"""
+from __future__ import annotations
+
+from . import fused_ops  # noqa: F401 - registers the nnxc.* shape rules
+from .cleanup import cleanup
+from .cse import eliminate_common_subexpressions
+from .dce import eliminate_dead_code, eliminate_dead_variables
+from .filters import parse_filter
+from .fold_batchnorm import fold_batchnorm
+from .fold_constants import fold_constants
+from .fuse_activations import fuse_activations
+from .fuse_attention import fuse_attention
+from .fuse_linear import fuse_linear
+from .fuse_norms import fuse_norms
+from .fuse_softmax import fuse_softmax
+from .freeze import freeze
+from .prune import prune
+from .simplify import simplify
+from .strip_stop_gradient import strip_stop_gradient
+
+PASSES: dict[str, tuple] = {
+    "freeze": (freeze, "variables become constants (all, or those optimize(freeze=filter) selects)"),
+    "prune": (prune, "drop variable updates (all, or those optimize(prune=filter) selects)"),
+    "dce": (eliminate_dead_code, "remove unused nodes, region arguments and results"),
+    "dce-variables": (eliminate_dead_variables, "dce, and remove variables nothing reads or writes"),
+    "cse": (eliminate_common_subexpressions, "reuse the results of repeated identical nodes"),
+    "fold-constants": (fold_constants, "evaluate nodes on constant inputs (size-bounded)"),
+    "simplify": (simplify, "algebraic identities; merge reshape/transpose/broadcast chains"),
+    "strip-stop-gradient": (strip_stop_gradient, "remove stop_gradient (inference only)"),
+    "cleanup": (cleanup, "simplify, fold-constants, cse, dce until nothing changes"),
+    "fold-batchnorm": (fold_batchnorm, "fold per-channel affine ops (frozen BatchNorm) into conv/linear weights"),
+    "fuse-softmax": (fuse_softmax, "exp / sum(exp) over one axis -> nnxc.softmax"),
+    "fuse-attention": (fuse_attention, "dot / scale / mask / softmax / dot -> nnxc.attention"),
+    "fuse-norms": (fuse_norms, "mean / variance / rsqrt graphs -> nnxc.layer_norm, nnxc.rms_norm"),
+    "fuse-activations": (fuse_activations, "gelu (tanh, erf) and silu graphs -> nnxc.gelu, nnxc.silu"),
+    "fuse-linear": (fuse_linear, "dot_general + bias -> nnxc.linear"),
+}
+
+CLEANUP = ["simplify", "fold-constants", "cse", "dce"]
+FUSION = ["fuse-softmax", "fuse-attention", "fuse-norms", "fuse-activations", "fuse-linear"]
+PRESETS: dict[str, list[str]] = {
+    "none": [],
+    "default": CLEANUP + FUSION + ["cleanup"],
+    "inference": ["freeze", "prune", "dce-variables", "strip-stop-gradient"] + CLEANUP
+    + ["fold-batchnorm", "dce"] + FUSION + ["cleanup"],
+}
+
+from .manager import optimize  # noqa: E402 - needs PASSES
+from .report import PassError, Stats  # noqa: E402
+
+__all__ = ["PASSES", "PRESETS", "optimize", "PassError", "Stats", "parse_filter", "freeze", "prune"]

@@ -1,0 +1,1 @@
+"""Load and run artifacts (XLA or onnxruntime), cross-check backends."""

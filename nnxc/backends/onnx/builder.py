@@ -1,0 +1,368 @@
+"""The one builder every ONNX rule emits through: ``b.op("MatMul", x, w)`` -> output name.
+
+A ``Context`` is shared by the main graph's builder and the builders of its subgraphs
+(Loop / If bodies): it hands out unique names, collects initializers (deduplicating small
+constants), model-local functions, and the "prelude" -- nodes at the start of the main
+graph that compute symbolic dims (``B``, ``2*B``) from the shapes of the graph inputs, so
+every subgraph can refer to them.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ...ir.graph import Elided, Value
+from ...ir.types import TensorType
+from .table import Refused
+
+ONNX_DTYPE = {
+    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
+    "f64": TensorProto.DOUBLE, "i8": TensorProto.INT8, "i16": TensorProto.INT16,
+    "i32": TensorProto.INT32, "i64": TensorProto.INT64, "u8": TensorProto.UINT8,
+    "u16": TensorProto.UINT16, "u32": TensorProto.UINT32, "u64": TensorProto.UINT64,
+    "bool": TensorProto.BOOL, "c64": TensorProto.COMPLEX64, "c128": TensorProto.COMPLEX128,
+    "f8e4m3fn": TensorProto.FLOAT8E4M3FN, "f8e5m2": TensorProto.FLOAT8E5M2,
+}
+# dtypes onnxruntime's Where does not take, and the type to select them in (casts round-trip)
+_WHERE_VIA = {"bool": "u8", "i16": "i32", "u16": "i32", "u64": "i64", "bf16": "f32"}
+SMALL = 64  # constants up to this many elements are deduplicated by content
+
+
+def onnx_dtype(dtype: str) -> int:
+    """ONNX element type of an IR dtype; a threefry key is its uint32 pair."""
+    if dtype == "key<fry>":
+        return TensorProto.UINT32
+    if dtype not in ONNX_DTYPE:
+        raise Refused(f"dtype {dtype} has no ONNX equivalent here")
+    return ONNX_DTYPE[dtype]
+
+
+def onnx_dims(t: TensorType) -> list:
+    return list(t.shape) + ([2] if t.dtype == "key<fry>" else [])
+
+
+def value_info(name: str, t: TensorType):
+    return helper.make_tensor_value_info(name, onnx_dtype(t.dtype), onnx_dims(t))
+
+
+def host_array(x) -> np.ndarray:
+    """A constant or variable as a numpy array (PRNG keys as their uint32 data)."""
+    if isinstance(x, Elided):
+        raise Refused(f"a constant was elided in the IR text (hash {x.digest}); it has no data")
+    if hasattr(x, "dtype") and str(x.dtype).startswith("key<"):
+        import jax
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+class Context:
+    """State shared by all builders of one export."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.taken: set[str] = set()
+        self.count = 0
+        self.nodes_made = 0
+        self.initializers: list[tuple[str, object]] = []  # (name, array) in creation order
+        self.small: dict[tuple, str] = {}
+        self.big: dict[int, str] = {}  # id(IR const Value) -> initializer name
+        self.functions: dict[str, object] = {}  # model-local FunctionProtos by name
+        self.dim_sources: dict[str, tuple[str, int]] = {}  # symbol -> (input name, axis)
+        self.dims: dict = {}
+        self.path = ""  # module path of the IR node being lowered (names ONNX nodes)
+        self.failures: list[tuple] = []  # (op, module path, source loc, reason)
+        self.pre = Builder(self)  # the prelude: symbolic dims, at the start of the main graph
+
+    def reserve(self, name: str) -> str:
+        """Claim ``name`` (suffixing it if taken) for an input, variable or output."""
+        base, i = name, 1
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name
+
+    def fresh(self, hint: str = "v") -> str:
+        while True:
+            name = f"{hint}{self.count}"
+            self.count += 1
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+
+class Builder:
+    """Emits ONNX nodes into one graph (the main graph or a subgraph body)."""
+
+    def __init__(self, ctx: Context, parent: "Builder | None" = None):
+        self.ctx = ctx
+        self.parent = parent
+        self.nodes: list = []
+        self.env: dict[Value, str] = {}  # IR value -> ONNX name
+
+    @property
+    def opset(self) -> int:
+        return self.ctx.opset
+
+    def sub(self) -> "Builder":
+        return Builder(self.ctx, self)
+
+    # -- values ------------------------------------------------------------------
+    def lookup(self, v: Value) -> str | None:
+        b = self
+        while b is not None:
+            name = b.env.get(v)
+            if name is not None:
+                return name
+            b = b.parent
+        return None
+
+    def value(self, v: Value) -> str:
+        name = self.lookup(v)
+        if name is not None:
+            return name
+        if v.data is None:
+            raise KeyError(f"IR value {v} has no ONNX name (used before it is defined)")
+        if v.type.rank:  # a graph-level constant: one initializer however often it is used
+            name = self.ctx.big.get(id(v))
+            if name is None:
+                name = self.ctx.big[id(v)] = self.const(host_array(v.data))
+            return name
+        return self.const(host_array(v.data))
+
+    def const(self, x, dtype=None) -> str:
+        """An initializer holding ``x``; small ones are shared by content."""
+        a = np.asarray(x, dtype=dtype)
+        key = None
+        if a.size <= SMALL:
+            key = (a.dtype.str, a.shape, a.tobytes())
+            name = self.ctx.small.get(key)
+            if name is not None:
+                return name
+        name = self.ctx.fresh("c")
+        self.ctx.initializers.append((name, a))
+        if key is not None:
+            self.ctx.small[key] = name
+        return name
+
+    def i64(self, *values) -> str:
+        """A 1-D int64 constant (axes, shapes, starts)."""
+        return self.const(np.asarray(values, dtype=np.int64).reshape(-1))
+
+    def scalar(self, value, dtype: str) -> str:
+        from ...ir.types import to_dtype
+        return self.const(np.asarray(value, dtype=to_dtype(dtype)))
+
+    # -- nodes -------------------------------------------------------------------
+    def op(self, op_type: str, *inputs, outs: int = 1, domain: str = "", **attrs):
+        ins = []
+        for x in inputs:
+            if x is None:
+                ins.append("")
+            elif isinstance(x, str):
+                ins.append(x)
+            else:
+                ins.append(self.const(x))
+        names = [self.ctx.fresh() for _ in range(outs)]
+        ctx = self.ctx
+        ctx.nodes_made += 1
+        node_name = f"{ctx.path}/{op_type}_{ctx.nodes_made}" if ctx.path else f"{op_type}_{ctx.nodes_made}"
+        node = helper.make_node(op_type, ins, names, name=node_name, domain=domain or None,
+                                **{k: v for k, v in attrs.items() if v is not None})
+        self.nodes.append(node)
+        return names[0] if outs == 1 else names
+
+    def emit(self, nodes) -> None:
+        """Lower IR nodes in order; refusals are collected in ``ctx.failures``, not raised."""
+        from .table import ONNX_RULES
+        ctx = self.ctx
+        for node in nodes:
+            ctx.path = node.path
+            fn = ONNX_RULES.get(node.op)
+            outs = None
+            if fn is None:
+                ctx.failures.append((node.op, node.path, node.loc,
+                                     f"no ONNX rule (exporting at opset {ctx.opset})"))
+            else:
+                try:
+                    outs = fn(self, node, [self.value(v) for v in node.inputs])
+                except Refused as e:
+                    ctx.failures.append((node.op, node.path, node.loc, str(e)))
+            if outs is None:
+                outs = [ctx.fresh("missing") for _ in node.outputs]
+            elif isinstance(outs, str):
+                outs = [outs]
+            for v, name in zip(node.outputs, outs):
+                self.env[v] = name
+
+    # -- shapes ------------------------------------------------------------------
+    def dim(self, d) -> str:
+        """A [1]-shaped int64 tensor holding dim ``d`` (an int or a symbolic expression)."""
+        if isinstance(d, int):
+            return self.i64(d)
+        cache = self.ctx.dims
+        if d not in cache:
+            cache[d] = _DimParser(self.ctx, d).parse()
+        return cache[d]
+
+    def shape(self, dims) -> str:
+        """A 1-D int64 shape tensor for ``dims`` (ints and symbolic expressions)."""
+        dims = tuple(dims)
+        if all(isinstance(d, int) for d in dims):
+            return self.i64(*dims)
+        cache = self.ctx.dims
+        if dims not in cache:
+            parts, run = [], []
+            for d in dims:
+                if isinstance(d, int):
+                    run.append(d)
+                    continue
+                if run:
+                    parts.append(self.ctx.pre.i64(*run))
+                    run = []
+                parts.append(self.dim(d))
+            if run:
+                parts.append(self.ctx.pre.i64(*run))
+            cache[dims] = parts[0] if len(parts) == 1 else self.ctx.pre.op("Concat", *parts, axis=0)
+        return cache[dims]
+
+    def dim_scalar(self, d, dtype: str = "i64") -> str:
+        """Dim ``d`` as a 0-d tensor of ``dtype``."""
+        if isinstance(d, int):
+            return self.scalar(d, dtype)
+        x = self.op("Squeeze", self.dim(d), self.i64(0))
+        return self.cast(x, "i64", dtype)
+
+    # -- small helpers used by many rules -----------------------------------------
+    def cast(self, x: str, src: str, dst: str) -> str:
+        if src == dst:
+            return x
+        return self.op("Cast", x, to=onnx_dtype(dst))
+
+    def reshape(self, x: str, dims) -> str:
+        dims = tuple(dims)
+        return self.op("Reshape", x, self.shape(dims), allowzero=1 if 0 in dims else None)
+
+    def transpose(self, x: str, perm) -> str:
+        perm = list(perm)
+        if perm == sorted(perm):
+            return x
+        return self.op("Transpose", x, perm=perm)
+
+    def unsqueeze(self, x: str, axes) -> str:
+        axes = list(axes)
+        return self.op("Unsqueeze", x, self.i64(*axes)) if axes else x
+
+    def squeeze(self, x: str, axes) -> str:
+        axes = list(axes)
+        return self.op("Squeeze", x, self.i64(*axes)) if axes else x
+
+    def expand(self, x: str, dims) -> str:
+        return self.op("Expand", x, self.shape(dims))
+
+    def slice(self, x: str, starts, ends, axes, steps=None) -> str:
+        if not list(axes):
+            return x
+        ins = [self.i64(*starts), self.i64(*ends), self.i64(*axes)]
+        if steps is not None and any(s != 1 for s in steps):
+            ins.append(self.i64(*steps))
+        return self.op("Slice", x, *ins)
+
+    def where(self, cond: str, a: str, b: str, dtype: str | None = None) -> str:
+        """``Where``; values of a ``dtype`` onnxruntime cannot select go through a wider type."""
+        wide = _WHERE_VIA.get(dtype)
+        if wide is None:
+            return self.op("Where", cond, a, b)
+        out = self.op("Where", cond, self.cast(a, dtype, wide), self.cast(b, dtype, wide))
+        return self.cast(out, wide, dtype)
+
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
+
+
+class _DimParser:
+    """A symbolic dim expression (``2*B+1``, ``floordiv(B,2)``) as prelude nodes -> [1] int64."""
+
+    def __init__(self, ctx: Context, expr: str):
+        self.ctx, self.b, self.expr = ctx, ctx.pre, expr
+        self.toks = [m for m in _TOKEN.finditer(expr) if m.group(0).strip()]
+        self.pos = 0
+
+    def parse(self) -> str:
+        out = self.add()
+        if self.pos != len(self.toks):
+            self.fail()
+        return out
+
+    def fail(self):
+        raise Refused(f"cannot evaluate the symbolic dim {self.expr!r}")
+
+    def peek(self):
+        return self.toks[self.pos].group(0).strip() if self.pos < len(self.toks) else None
+
+    def take(self):
+        if self.pos >= len(self.toks):
+            self.fail()
+        self.pos += 1
+        return self.toks[self.pos - 1]
+
+    def symbol(self, name: str) -> str:
+        key = ("sym", name)
+        if key not in self.ctx.dims:
+            src = self.ctx.dim_sources.get(name)
+            if src is None:
+                raise Refused(f"symbolic dim {name!r} is not the size of any input axis")
+            x, axis = src
+            b = self.b
+            if b.opset >= 15:
+                self.ctx.dims[key] = b.op("Shape", x, start=axis, end=axis + 1)
+            else:
+                self.ctx.dims[key] = b.op("Gather", b.op("Shape", x), b.i64(axis))
+        return self.ctx.dims[key]
+
+    def atom(self) -> str:
+        t = self.take()
+        b = self.b
+        if t.group(1):
+            return b.i64(int(t.group(1)))
+        if t.group(2):
+            name = t.group(2)
+            if self.peek() != "(":
+                return self.symbol(name)
+            self.take()
+            args = [self.add()]
+            while self.peek() == ",":
+                self.take()
+                args.append(self.add())
+            if self.take().group(0).strip() != ")":
+                self.fail()
+            if name == "floordiv":  # (a - a mod b) / b is floor division for either sign
+                return b.op("Div", b.op("Sub", args[0], b.op("Mod", *args)), args[1])
+            if name == "non_negative":
+                return b.op("Max", args[0], b.i64(0))
+            fn = {"mod": "Mod", "max": "Max", "min": "Min"}.get(name)
+            if fn is None:
+                self.fail()
+            return b.op(fn, *args)
+        if t.group(0).strip() == "(":
+            v = self.add()
+            self.take()
+            return v
+        if t.group(0).strip() == "-":
+            return b.op("Neg", self.atom())
+        self.fail()
+
+    def mul(self) -> str:
+        v = self.atom()
+        while self.peek() == "*":
+            self.take()
+            v = self.b.op("Mul", v, self.atom())
+        return v
+
+    def add(self) -> str:
+        v = self.mul()
+        while self.peek() in ("+", "-"):
+            op = self.take().group(0).strip()
+            v = self.b.op("Add" if op == "+" else "Sub", v, self.mul())
+        return v

@@ -1,0 +1,115 @@
+"""Regions: scan -> Loop (xs sliced per step, ys stacked by the Loop), while -> Loop with a
+condition, cond -> If (nested for more than two branches). A scanned layer stack stays one
+Loop, its stacked weights sliced inside the body.
+"""
+from __future__ import annotations
+
+from onnx import TensorProto, helper
+
+from ...ir.types import TensorType
+from .builder import value_info
+from .shape import INT64_MIN, dims_of
+from .table import rule
+
+_BOOL = TensorType((), "bool")
+
+
+def inline(b, region, args: list[str]) -> list[str]:
+    """Emit ``region`` into builder ``b`` with its arguments bound to ``args``."""
+    for v, name in zip(region.args, args):
+        b.env[v] = name
+    b.emit(region.nodes)
+    return [b.value(v) for v in region.results]
+
+
+def _results(sub, names: list[str]) -> list[str]:
+    """Subgraph outputs must be produced inside the subgraph, once each: copy the others."""
+    produced = {o for n in sub.nodes for o in n.output}
+    out, used = [], set()
+    for name in names:
+        if name not in produced or name in used:
+            name = sub.op("Identity", name)
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def _graph(b, sub, kind: str, inputs: list, results: list[str], types: list):
+    outputs = [value_info(n, t) for n, t in zip(_results(sub, results), types)]
+    return helper.make_graph(sub.nodes, b.ctx.fresh(kind), inputs, outputs)
+
+
+def _scalar_info(name: str, elem: int):
+    return helper.make_tensor_value_info(name, elem, [])
+
+
+def _loop_inputs(b, types) -> tuple[str, str, list[str], list]:
+    it, cond = b.ctx.fresh("iter"), b.ctx.fresh("cond")
+    carry = [b.ctx.fresh("carry") for _ in types]
+    infos = [_scalar_info(it, TensorProto.INT64), _scalar_info(cond, TensorProto.BOOL)]
+    return it, cond, carry, infos + [value_info(n, t) for n, t in zip(carry, types)]
+
+
+@rule("scan")
+def _scan(b, node, xs):
+    a = node.attrs
+    nc, ncarry, length, reverse = a["num_consts"], a["num_carry"], a["length"], a.get("reverse", False)
+    (body,) = node.regions
+    carry_types = [v.type for v in body.args[nc:nc + ncarry]]
+    sub = b.sub()
+    it, cond, carry, inputs = _loop_inputs(b, carry_types)
+    n = b.dim_scalar(dims_of((length,))[0])  # the length may be a symbolic dim
+    step = sub.op("Sub", sub.op("Sub", n, b.scalar(1, "i64")), it) if reverse else it
+    slices = [sub.op("Gather", x, step, axis=0) for x in xs[nc + ncarry:]]
+    res = inline(sub, body, xs[:nc] + carry + slices)
+    cond_out = sub.op("Identity", cond)
+    graph = _graph(b, sub, "scan_body", inputs, [cond_out] + res,
+                   [_BOOL] + [v.type for v in body.results])
+    outs = b.op("Loop", n, None, *xs[nc:nc + ncarry],
+                outs=len(body.results), body=graph)
+    outs = [outs] if isinstance(outs, str) else outs
+    if reverse:  # the Loop stacked ys in step order; put them back at their own indices
+        outs = outs[:ncarry] + [b.slice(y, [-1], [INT64_MIN], [0], [-1]) for y in outs[ncarry:]]
+    return outs
+
+
+@rule("while")
+def _while(b, node, xs):
+    a = node.attrs
+    cn, bn = a["cond_nconsts"], a["body_nconsts"]
+    cconsts, bconsts, init = xs[:cn], xs[cn:cn + bn], xs[cn + bn:]
+    cond_r, body_r = node.regions
+    (first,) = inline(b, cond_r, cconsts + init)
+    sub = b.sub()
+    _, _, carry, inputs = _loop_inputs(b, [v.type for v in body_r.args[bn:]])
+    res = inline(sub, body_r, bconsts + carry)
+    (again,) = inline(sub, cond_r, cconsts + res)  # the condition again
+    graph = _graph(b, sub, "while_body", inputs, [again] + res, [_BOOL] + [v.type for v in body_r.results])
+    outs = b.op("Loop", None, first, *init, outs=len(init), body=graph)
+    return [outs] if isinstance(outs, str) else outs
+
+
+@rule("cond")
+def _cond(b, node, xs):
+    index, ops = xs[0], xs[1:]
+    regions, types = node.regions, [v.type for v in node.outputs]
+    if len(regions) == 1:
+        return inline(b, regions[0], ops)
+    itype = node.inputs[0].type.dtype
+
+    def branch(i):
+        sub = b.sub()
+        return _graph(b, sub, "branch", [], inline(sub, regions[i], ops), types)
+
+    def chain(i):  # a graph choosing among branches i.. with nested Ifs
+        if i == len(regions) - 1:
+            return branch(i)
+        sub = b.sub()
+        pick = sub.op("Equal", index, b.scalar(i, itype))
+        outs = sub.op("If", pick, outs=len(types), then_branch=branch(i), else_branch=chain(i + 1))
+        outs = [outs] if isinstance(outs, str) else outs
+        return _graph(b, sub, "branch", [], outs, types)
+
+    pick = b.op("Equal", index, b.scalar(0, itype))
+    outs = b.op("If", pick, outs=len(types), then_branch=branch(0), else_branch=chain(1))
+    return [outs] if isinstance(outs, str) else outs

@@ -1,0 +1,366 @@
+"""Elementwise rules: math, comparisons, logic and shifts, select, casts."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.types import to_dtype
+from .builder import onnx_dtype
+from .table import ONNX_RULES, Refused, need, rule
+
+
+def dt(node, i: int = 0) -> str:
+    return node.inputs[i].type.dtype
+
+
+def odt(node, i: int = 0) -> str:
+    return node.outputs[i].type.dtype
+
+
+def _simple(onnx_op: str):
+    return lambda b, node, xs: b.op(onnx_op, *xs)
+
+
+for _jax, _onnx in {
+    "sub": "Sub", "div": "Div", "pow": "Pow", "exp": "Exp", "log": "Log", "tanh": "Tanh",
+    "logistic": "Sigmoid", "sin": "Sin", "cos": "Cos", "tan": "Tan", "asin": "Asin",
+    "acos": "Acos", "atan": "Atan", "sinh": "Sinh", "cosh": "Cosh", "asinh": "Asinh",
+    "acosh": "Acosh", "atanh": "Atanh", "sqrt": "Sqrt", "floor": "Floor", "ceil": "Ceil",
+    "erf": "Erf",
+}.items():
+    ONNX_RULES[_jax] = _simple(_onnx)
+
+_BOOL_OP = {"add": "Or", "mul": "And", "max": "Or", "min": "And"}
+_INT_OP = {"and": "BitwiseAnd", "or": "BitwiseOr", "xor": "BitwiseXor", "not": "BitwiseNot"}
+
+
+@rule("add", "mul", "max", "min")
+def _arith(b, node, xs):
+    t = dt(node)
+    if t == "bool":
+        return b.op(_BOOL_OP[node.op], *xs)
+    if node.op in ("max", "min") and t in ("i16", "u16"):  # not in onnxruntime: go through i32
+        out = b.op(node.op.capitalize(), *[b.cast(x, t, "i32") for x in xs])
+        return b.cast(out, "i32", t)
+    return b.op(node.op.capitalize(), *xs)
+
+
+@rule("and", "or", "xor", "not")
+def _logic(b, node, xs):
+    if dt(node) == "bool":
+        return b.op(node.op.capitalize(), *xs)
+    need(b, 18, f"bitwise {node.op} on integers")
+    return b.op(_INT_OP[node.op], *xs)
+
+
+@rule("neg")
+def _neg(b, node, xs):
+    if dt(node).startswith("u"):  # wraps around, like JAX
+        return b.op("Sub", b.scalar(0, dt(node)), xs[0])
+    return b.op("Neg", xs[0])
+
+
+@rule("sign")
+def _sign(b, node, xs):
+    t = dt(node)
+    if t.startswith(("f", "bf")):
+        return b.op("Sign", xs[0])
+    # onnxruntime's vectorized Sign gets int64 values past 2**31 wrong: (x > 0) - (x < 0)
+    zero = b.scalar(0, t)
+    pos = b.cast(b.op("Greater", xs[0], zero), "bool", t)
+    return b.op("Sub", pos, b.cast(b.op("Less", xs[0], zero), "bool", t)) if t[0] == "i" else pos
+
+
+@rule("abs")
+def _abs(b, node, xs):
+    return xs[0] if dt(node).startswith("u") else b.op("Abs", xs[0])
+
+
+@rule("rem")
+def _rem(b, node, xs):
+    """C fmod semantics (the sign of the dividend). onnxruntime's integer fmod=1 goes
+    through double and loses large values, so integers take Python's mod and a fix-up."""
+    t = dt(node)
+    if t.startswith(("f", "bf")):
+        return b.op("Mod", *xs, fmod=1)
+    r = b.op("Mod", *xs, fmod=0)
+    if t.startswith("u"):
+        return r
+    x, y = xs
+    zero = b.scalar(0, t)
+    flip = b.op("Xor", b.op("Less", r, zero), b.op("Less", x, zero))
+    fix = b.op("And", b.op("Not", b.op("Equal", r, zero)), flip)
+    return b.where(fix, b.op("Sub", r, y), r, t)
+
+
+@rule("square")
+def _square(b, node, xs):
+    return b.op("Mul", xs[0], xs[0])
+
+
+@rule("rsqrt")
+def _rsqrt(b, node, xs):
+    return b.op("Reciprocal", b.op("Sqrt", xs[0]))
+
+
+@rule("cbrt")
+def _cbrt(b, node, xs):
+    mag = b.op("Pow", b.op("Abs", xs[0]), b.scalar(1 / 3, dt(node)))
+    return b.op("Mul", b.op("Sign", xs[0]), mag)
+
+
+@rule("exp2")
+def _exp2(b, node, xs):
+    return b.op("Pow", b.scalar(2, dt(node)), xs[0])
+
+
+@rule("log1p")
+def _log1p(b, node, xs):  # log(u) * x / (u - 1) with u = 1 + x keeps small x exact
+    x, t = xs[0], dt(node)
+    u = b.op("Add", x, b.scalar(1, t))
+    um1 = b.op("Sub", u, b.scalar(1, t))
+    ratio = b.op("Div", b.op("Mul", b.op("Log", u), x), um1)
+    out = b.where(b.op("Equal", um1, b.scalar(0, t)), x, ratio)
+    return b.where(b.op("IsInf", u), u, out)
+
+
+@rule("expm1")
+def _expm1(b, node, xs):  # (u - 1) * x / log(u) with u = exp(x), Kahan's trick
+    x, t = xs[0], dt(node)
+    u = b.op("Exp", x)
+    um1 = b.op("Sub", u, b.scalar(1, t))
+    ratio = b.op("Div", b.op("Mul", um1, x), b.op("Log", u))
+    out = b.where(b.op("Equal", um1, b.scalar(0, t)), x, ratio)
+    out = b.where(b.op("Equal", um1, b.scalar(-1, t)), um1, out)
+    return b.where(b.op("IsInf", u), u, out)
+
+
+@rule("erfc")
+def _erfc(b, node, xs):
+    return b.op("Sub", b.scalar(1, dt(node)), b.op("Erf", xs[0]))
+
+
+@rule("is_finite")
+def _is_finite(b, node, xs):
+    return b.op("Not", b.op("Or", b.op("IsInf", xs[0]), b.op("IsNaN", xs[0])))
+
+
+@rule("atan2")
+def _atan2(b, node, xs):
+    y, x = xs
+    t = dt(node)
+    a = b.op("Atan", b.op("Div", y, x))
+    half_turn = b.where(b.op("GreaterOrEqual", y, b.scalar(0, t)), b.scalar(np.pi, t),
+                        b.scalar(-np.pi, t))
+    a = b.where(b.op("Less", x, b.scalar(0, t)), b.op("Add", a, half_turn), a)
+    both_zero = b.op("And", b.op("Equal", x, b.scalar(0, t)), b.op("Equal", y, b.scalar(0, t)))
+    return b.where(both_zero, b.op("Mul", y, b.scalar(0, t)), a)
+
+
+@rule("round")
+def _round(b, node, xs):
+    method = node.attrs.get("rounding_method")
+    even = b.op("Round", xs[0])  # ONNX Round is half-to-even
+    if method is not None and getattr(method, "member", method) in ("TO_NEAREST_EVEN", 1):
+        return even
+    x, t = xs[0], dt(node)  # away from zero: fix the ties of half-to-even
+    sign = b.op("Sign", x)
+    trunc = b.op("Mul", sign, b.op("Floor", b.op("Abs", x)))
+    tie = b.op("Equal", b.op("Abs", b.op("Sub", x, trunc)), b.scalar(0.5, t))
+    return b.where(tie, b.op("Add", trunc, sign), even)
+
+
+@rule("integer_pow")
+def _integer_pow(b, node, xs):  # the same multiplication order as JAX's own lowering
+    x, y = xs[0], node.attrs["y"]
+    if y == 0:
+        return b.op("Expand", b.scalar(1, dt(node)), b.op("Shape", x))
+    recip, y = y < 0, abs(y)
+    acc = None
+    while y > 0:
+        if y & 1:
+            acc = x if acc is None else b.op("Mul", acc, x)
+        y >>= 1
+        if y > 0:
+            x = b.op("Mul", x, x)
+    return b.op("Div", b.scalar(1, dt(node)), acc) if recip else acc
+
+
+_CMP = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}
+
+
+@rule("eq", "ne", "lt", "le", "gt", "ge")
+def _compare(b, node, xs):
+    if dt(node) == "bool" and node.op not in ("eq", "ne"):  # onnxruntime orders numbers only
+        xs = [b.cast(x, "bool", "u8") for x in xs]
+    out = b.op(_CMP.get(node.op, "Equal"), *xs)
+    return b.op("Not", out) if node.op == "ne" else out
+
+
+@rule("select_n")
+def _select_n(b, node, xs):
+    which, cases = xs[0], xs[1:]
+    if len(cases) == 1:
+        return cases[0]
+    t = odt(node)
+    if dt(node) == "bool":
+        return b.where(which, cases[1], cases[0], t)
+    out = cases[-1]
+    for i in range(len(cases) - 2, -1, -1):
+        out = b.where(b.op("Equal", which, b.scalar(i, dt(node))), cases[i], out, t)
+    return out
+
+
+@rule("clamp")
+def _clamp(b, node, xs):
+    lo, x, hi = xs
+    return b.op("Min", b.op("Max", x, lo), hi)
+
+
+@rule("convert_element_type")
+def _convert(b, node, xs):
+    return b.cast(xs[0], dt(node), odt(node))
+
+
+@rule("bitcast_convert_type")
+def _bitcast(b, node, xs):
+    src, dst = dt(node), odt(node)
+    if to_dtype(src).itemsize != to_dtype(dst).itemsize:
+        raise Refused(f"bitcast from {src} to {dst} changes the element size")
+    if src == dst:
+        return xs[0]
+    if b.opset >= 26:
+        return b.op("BitCast", xs[0], to=onnx_dtype(dst))
+    if dst in _FLOAT_BITS and src[0] in "iu":  # e.g. the uniform floats of jax.random
+        return _bits_to_float(b, xs[0], src, dst)
+    need(b, 26, f"bitcast_convert_type from {src} to {dst} (ONNX BitCast)")
+
+
+_FLOAT_BITS = {"f32": (8, 23), "f16": (5, 10)}  # exponent and mantissa bits
+
+
+def _bits_to_float(b, x: str, src: str, dst: str) -> str:
+    """Integer bits -> float by arithmetic (before BitCast existed): sign, exponent and
+    mantissa fields, exact for every value including subnormals, infinities and NaN."""
+    ebits, mbits = _FLOAT_BITS[dst]
+    width, bias = 1 + ebits + mbits, (1 << (ebits - 1)) - 1
+    i = b.op("Mod", b.cast(x, src, "i64"), b.scalar(1 << width, "i64"))  # the unsigned pattern
+
+    def field(shift, size):
+        return b.op("Mod", b.op("Div", i, b.scalar(1 << shift, "i64")), b.scalar(1 << size, "i64"))
+    e, m = field(mbits, ebits), b.op("Mod", i, b.scalar(1 << mbits, "i64"))
+    frac = b.op("Div", b.cast(m, "i64", "f32"), b.scalar(float(1 << mbits), "f32"))
+    scale = b.op("Pow", b.scalar(2, "f32"), b.op("Sub", b.cast(e, "i64", "f32"), b.scalar(bias, "f32")))
+    normal = b.op("Mul", b.op("Add", frac, b.scalar(1, "f32")), scale)
+    tiny = b.op("Mul", frac, b.scalar(2.0 ** (1 - bias), "f32"))  # subnormals
+    zero_e = b.op("Equal", e, b.scalar(0, "i64"))
+    out = b.where(zero_e, tiny, normal)
+    special = b.where(b.op("Equal", m, b.scalar(0, "i64")), b.scalar(np.inf, "f32"), b.scalar(np.nan, "f32"))
+    out = b.where(b.op("Equal", e, b.scalar((1 << ebits) - 1, "i64")), special, out)
+    out = b.where(b.op("Equal", field(width - 1, 1), b.scalar(1, "i64")), b.op("Neg", out), out)
+    return b.cast(out, "f32", dst)
+
+
+@rule("nextafter")
+def _nextafter(b, node, xs):
+    """One step of the float's bit pattern towards ``y`` (integers order like the floats)."""
+    need(b, 26, "nextafter (ONNX BitCast)")
+    x, y = xs
+    t = dt(node)
+    it = {"f32": "i32", "f64": "i64", "f16": "i16"}.get(t)
+    if it is None:
+        raise Refused(f"nextafter on {t}")
+    wide = "i32" if it == "i16" else it
+    bits = b.cast(b.op("BitCast", x, to=onnx_dtype(it)), it, wide)
+    zero = b.scalar(0, t)
+    up = b.op("Equal", b.op("Less", x, y), b.op("Greater", x, zero))  # away from zero?
+    step = b.where(up, b.scalar(1, wide), b.scalar(-1, wide), wide)
+    out = b.op("BitCast", b.cast(b.op("Add", bits, step), wide, it), to=onnx_dtype(t))
+    tiny = b.op("BitCast", b.scalar(1, it), to=onnx_dtype(t))  # the smallest subnormal
+    out = b.where(b.op("Equal", x, zero), b.where(b.op("Less", y, zero), b.op("Neg", tiny), tiny), out)
+    out = b.where(b.op("Equal", x, y), y, out)
+    nan = b.op("Or", b.op("IsNaN", x), b.op("IsNaN", y))
+    return b.where(nan, b.op("Add", x, y), out)
+
+
+@rule("copy", "copy_p", "stop_gradient", "optimization_barrier", "sharding_constraint",
+      "mesh_cast", "reshard", "device_put", "pvary", "layout_constraint", "name")
+def _identity(b, node, xs):
+    return list(xs)
+
+
+# -- shifts: onnxruntime shifts unsigned 8/32/64-bit integers only ----------------------
+
+_WORK = {"u8": "u8", "i8": "u8", "u16": "u32", "i16": "u32", "u32": "u32", "i32": "u32",
+         "u64": "u64", "i64": "u64"}
+_SIGNED = {"u8": "i8", "u16": "i16", "u32": "i32", "u64": "i64"}
+
+
+def _shift(b, x: str, s: str, t: str, direction: str) -> str:
+    """Logical shift of ``x`` (dtype ``t``) by ``s``; amounts >= the bit width give 0."""
+    work, bits = _WORK[t], to_dtype(t).itemsize * 8
+    xu, su = b.cast(x, t, work), b.cast(s, t, work)
+    if direction == "RIGHT" and bits < to_dtype(work).itemsize * 8:  # drop i16's sign extension
+        need(b, 18, f"shift_right_logical on {t}")
+        xu = b.op("BitwiseAnd", xu, b.scalar((1 << bits) - 1, work))
+    out = b.op("BitShift", xu, su, direction=direction)
+    out = b.where(b.op("GreaterOrEqual", su, b.scalar(bits, work)), b.scalar(0, work), out, work)
+    return b.cast(out, work, t)
+
+
+@rule("shift_left")
+def _shift_left(b, node, xs):
+    return _shift(b, *xs, dt(node), "LEFT")
+
+
+@rule("shift_right_logical")
+def _shift_right_logical(b, node, xs):
+    return _shift(b, *xs, dt(node), "RIGHT")
+
+
+@rule("shift_right_arithmetic")
+def _shift_right_arithmetic(b, node, xs):
+    """The top bit is the sign, for unsigned types too: ~((~x) >> s) when x < 0."""
+    need(b, 18, "shift_right_arithmetic")
+    t = dt(node)
+    signed = _SIGNED.get(t, t)
+    wide = "i32" if to_dtype(t).itemsize < 4 else signed  # onnxruntime's Where skips i8/i16
+    x = b.cast(b.cast(xs[0], t, signed), signed, wide)
+    s = b.cast(b.cast(xs[1], t, signed), signed, wide)
+    neg = b.op("Less", x, b.scalar(0, wide))
+    r = _shift(b, b.where(neg, b.op("BitwiseNot", x), x, wide), s, wide, "RIGHT")
+    r = b.where(neg, b.op("BitwiseNot", r), r, wide)
+    return b.cast(b.cast(r, wide, signed), signed, t)
+
+
+# -- erf_inv: the single-precision approximation XLA uses (M. Giles) ---------------------
+
+_ERFINV_SMALL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                 -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_LARGE = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                 -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+@rule("erf_inv")
+def _erf_inv(b, node, xs):
+    t = dt(node)
+    x = b.cast(xs[0], t, "f32")
+    one = b.scalar(1, "f32")
+    sq = b.op("Mul", x, x)
+    log1p_arg = b.op("Neg", sq)  # w = -log1p(-x*x), via the log1p rule's identity
+    u = b.op("Add", log1p_arg, one)
+    um1 = b.op("Sub", u, one)
+    l1p = b.where(b.op("Equal", um1, b.scalar(0, "f32")), log1p_arg,
+                  b.op("Div", b.op("Mul", b.op("Log", u), log1p_arg), um1))
+    w = b.op("Neg", l1p)
+    small = b.op("Less", w, b.scalar(5, "f32"))
+    w = b.where(small, b.op("Sub", w, b.scalar(2.5, "f32")),
+                b.op("Sub", b.op("Sqrt", w), b.scalar(3, "f32")))
+    coef = [b.where(small, b.scalar(s, "f32"), b.scalar(g, "f32"))
+            for s, g in zip(_ERFINV_SMALL, _ERFINV_LARGE)]
+    p = coef[0]
+    for c in coef[1:]:
+        p = b.op("Add", c, b.op("Mul", p, w))
+    out = b.op("Mul", p, x)
+    edge = b.op("Equal", b.op("Abs", x), one)
+    out = b.where(edge, b.op("Mul", x, b.scalar(np.inf, "f32")), out)
+    return b.cast(out, "f32", odt(node))

@@ -1,0 +1,226 @@
+"""``export_onnx``: an IR graph -> a checked ``onnx.ModelProto`` (and a file, written atomically).
+
+Graph inputs keep the user's argument names, variables become initializers named by their
+module path (or graph inputs with ``weights_as_inputs=True``), symbolic dims become
+``dim_param``s of the same name. Outputs are named after the output pytree ("output",
+"output.0", "logits", ...), followed by the variable updates ("<path>.new", or "<path>" for
+variables the call created, e.g. sown intermediates).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import onnx
+from onnx import helper
+
+from ... import __version__
+from ...errors import NnxcError, UnsupportedOpError
+from ...ir.graph import Graph
+from ...ir.types import is_plain_symbol
+from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape  # noqa: F401 - rules
+from .builder import Builder, Context, host_array, value_info
+from .save import INLINE_BELOW, build_initializers, write_model
+
+MIN_OPSET = 13
+
+
+@functools.cache
+def max_opset() -> int:
+    """The newest ai.onnx opset that both the onnx package and the installed onnxruntime run."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    for v in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", v)],
+                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", v)]))
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            return v
+        except Exception:  # noqa: BLE001 - onnxruntime refuses newer opsets with various errors
+            continue
+    return MIN_OPSET
+
+
+def supported_opsets() -> range:
+    return range(MIN_OPSET, max_opset() + 1)
+
+
+def resolve_opset(opset) -> int:
+    if opset is None:
+        return max_opset()
+    ok = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ok:
+        import onnxruntime as ort
+        raise NnxcError(f"opset {opset!r} is not supported: nnxc exports ai.onnx opsets "
+                        f"{ok.start}..{ok.stop - 1} (the newest one that onnxruntime "
+                        f"{ort.__version__} runs is {ok.stop - 1})")
+    return opset
+
+
+def output_names(graph: Graph) -> list[str]:
+    """Names for the graph outputs from the output pytree's key paths."""
+    n = len(graph.outputs)
+    if graph.out_tree is None:
+        return [f"output.{i}" for i in range(n)] if n != 1 else ["output"]
+    tree = jax.tree_util.tree_unflatten(graph.out_tree, list(range(n)))
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = []
+        for k in path:
+            for attr in ("key", "idx", "name"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+            else:
+                parts.append(str(k))
+        text = ".".join(parts)
+        names.append("output" if not text else f"output.{text}" if text[0].isdigit() else text)
+    return names
+
+
+def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data=None,
+                weights_as_inputs: bool = False, *, check: bool = True) -> onnx.ModelProto:
+    """Lower ``graph`` to ONNX; write it to ``path`` if given (atomically) and return the model.
+
+    ``opset``: default the newest one the installed onnxruntime runs. ``external_data``:
+    None writes weights to ``<model>.data`` beside the model only when they pass 2 GB; True
+    always does; a file name picks that name; False never does. ``check`` runs
+    ``onnx.checker.check_model(full_check=True)``.
+    """
+    opset = resolve_opset(opset)
+    if external_data and path is None:
+        raise NnxcError("external_data needs a path to write the data file beside")
+    ctx = Context(opset)
+    b = Builder(ctx)
+    inputs, weights = [], []
+    for v in graph.inputs:
+        name = b.env[v] = ctx.reserve(v.name or "input")
+        inputs.append(value_info(name, v.type))
+        for axis, d in enumerate(v.type.shape):
+            if is_plain_symbol(d):
+                ctx.dim_sources.setdefault(d, (name, axis))
+    for var in graph.variables:
+        if var.meta.get("new"):
+            continue
+        name = b.env[var.value] = ctx.reserve(var.path)
+        if weights_as_inputs:
+            inputs.append(value_info(name, var.value.type))
+        else:
+            if var.data is None:
+                raise NnxcError(f"variable {var.path} has no value (a graph parsed from text); "
+                                "export with weights_as_inputs=True")
+            weights.append((name, var.data))
+    b.emit(graph.nodes)
+    if ctx.failures:
+        raise UnsupportedOpError(ctx.failures, stage=f"ONNX export (opset {opset})")
+    ctx.path = ""
+    outs = list(zip(output_names(graph), graph.outputs))
+    for var_path, v in graph.updates:
+        new = graph.variable(var_path).meta.get("new")
+        outs.append((var_path if new else f"{var_path}.new", v))
+    outputs = _name_outputs(b, outs)
+    nodes, live = _prune(ctx.pre.nodes + b.nodes, [o.name for o in outputs])
+    onnx_graph = helper.make_graph(nodes, graph.name, inputs, outputs)
+    opsets = [helper.make_opsetid("", opset)]
+    if ctx.functions:
+        opsets.append(helper.make_opsetid("nnxc", 1))
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="nnxc",
+                              producer_version=__version__,
+                              ir_version=helper.find_min_ir_version_for(opsets[:1]),
+                              functions=list(ctx.functions.values()))
+    weights = [(n, x) for n, x in weights if n in live]
+    consts = [(n, x) for n, x in ctx.initializers if n in live]
+    if check:  # before the weights go in: the checker would serialize them all
+        _check(model, weights, consts)
+    plan = build_initializers(model, weights, consts, path, external_data)
+    if path is not None:
+        write_model(model, os.fspath(path), plan)
+    return model
+
+
+def _name_outputs(b: Builder, outs: list) -> list:
+    """Give the graph outputs their names: rename the producing node's output, else Identity."""
+    produced = {}
+    for node in b.nodes:
+        for i, name in enumerate(node.output):
+            produced[name] = (node, i)
+    renames: dict[str, str] = {}
+    infos = []
+    for want, v in outs:
+        name = b.value(v)
+        final = b.ctx.reserve(want)
+        if name in produced and name not in renames:
+            node, i = produced[name]
+            node.output[i] = final
+            renames[name] = final
+        else:
+            b.nodes.append(helper.make_node("Identity", [renames.get(name, name)], [final],
+                                            name=f"output/{final}"))
+        infos.append(value_info(final, v.type))
+    if renames:
+        _rename_inputs(b.nodes, renames)
+    return infos
+
+
+def _prune(nodes: list, outputs: list[str]) -> tuple[list, set]:
+    """Drop nodes nothing uses (rules may leave some); returns (nodes, names still read)."""
+    live = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if not any(o in live for o in node.output):
+            continue
+        kept.append(node)
+        live.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                live.update(_names_read(attr.g))
+    return kept[::-1], live
+
+
+def _names_read(g) -> set:
+    names = set(o.name for o in g.output)
+    for node in g.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _names_read(attr.g)
+    return names
+
+
+def _rename_inputs(nodes, renames: dict) -> None:
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_inputs(attr.g.node, renames)
+                for out in attr.g.output:
+                    if out.name in renames:  # a subgraph returning an outer value by name
+                        out.name = renames[out.name]
+
+
+def _check(model, weights, consts) -> None:
+    """``onnx.checker.check_model(full_check=True)`` on the model with its weights (and large
+    constants) declared as graph inputs of the same type: the same graph, types and shapes,
+    without serializing gigabytes of data. The initializers are built mechanically after."""
+    big = [(n, host_array(x)) for n, x in weights]
+    small = []
+    for n, x in consts:
+        a = host_array(x)
+        (small if a.nbytes < INLINE_BELOW else big).append((n, a))
+    n_inputs = len(model.graph.input)
+    model.graph.input.extend(helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                           a.shape) for n, a in big)
+    build_initializers(model, [], small, None, False)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise NnxcError(f"the exported model fails the ONNX checker (an nnxc bug): {e}") from e
+    finally:
+        del model.graph.input[n_inputs:]
+        del model.graph.initializer[:]

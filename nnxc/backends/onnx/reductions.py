@@ -1,0 +1,144 @@
+"""Reductions: reduce_*, argmax/argmin, cumulative ops, reduce_window (pooling)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .shape import interior_pad
+from ...ir.types import to_dtype
+from .table import Refused, rule
+
+
+def reduce(b, onnx_op: str, x: str, axes, keepdims: int = 0) -> str:
+    axes = list(axes)
+    if not axes:
+        return x
+    if b.opset >= 18 or (onnx_op == "ReduceSum" and b.opset >= 13):
+        return b.op(onnx_op, x, b.i64(*axes), keepdims=keepdims)
+    return b.op(onnx_op, x, axes=axes, keepdims=keepdims)
+
+
+_REDUCE = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin",
+           "reduce_prod": "ReduceProd", "reduce_and": "ReduceMin", "reduce_or": "ReduceMax"}
+
+
+@rule(*_REDUCE, "reduce_xor")
+def _reduce(b, node, xs):
+    axes, t = node.attrs["axes"], node.inputs[0].type.dtype
+    if t != "bool":
+        if node.op in ("reduce_and", "reduce_or", "reduce_xor"):
+            raise Refused(f"{node.op} on {t} (bitwise reductions of integers)")
+        return reduce(b, _REDUCE[node.op], xs[0], axes)
+    x = b.cast(xs[0], "bool", "i32")  # onnxruntime reduces numbers only
+    if node.op == "reduce_xor":
+        s = reduce(b, "ReduceSum", x, axes)
+        return b.cast(b.op("Mod", s, b.scalar(2, "i32")), "i32", "bool")
+    op = "ReduceMin" if node.op in ("reduce_and", "reduce_min") else "ReduceMax"
+    return b.cast(reduce(b, op, x, axes), "i32", "bool")
+
+
+@rule("argmax", "argmin")
+def _argmax(b, node, xs):
+    (axis,) = node.attrs["axes"]
+    t, ot = node.inputs[0].type.dtype, node.outputs[0].type.dtype
+    x = b.cast(xs[0], "bool", "i32") if t == "bool" else xs[0]
+    op = "ArgMax" if node.op == "argmax" else "ArgMin"
+    out = b.op(op, x, axis=axis, keepdims=0)
+    if t.startswith(("f", "bf")):  # JAX counts NaN as the extreme: the first NaN wins
+        nan = b.cast(b.op("IsNaN", x), "bool", "i32")
+        first_nan = b.op("ArgMax", nan, axis=axis, keepdims=0)
+        any_nan = b.cast(reduce(b, "ReduceMax", nan, [axis]), "i32", "bool")
+        out = b.where(any_nan, first_nan, out)
+    return b.cast(out, "i64", ot)
+
+
+def _logaddexp(b, t):
+    def combine(x, y):
+        hi = b.op("Max", x, y)
+        diff = b.op("Neg", b.op("Abs", b.op("Sub", x, y)))
+        out = b.op("Add", hi, b.op("Log", b.op("Add", b.scalar(1, t), b.op("Exp", diff))))
+        return b.where(b.op("IsInf", hi, detect_positive=0), hi, out)
+    return combine
+
+
+def doubling_scan(b, x: str, axis: int, n: int, combine, identity: str, rank: int,
+                  reverse: bool) -> str:
+    """Inclusive scan by log2(n) shifted combines (Hillis-Steele)."""
+    shift = 1
+    while shift < n:
+        pads = [0] * (2 * rank)
+        pads[axis + (rank if reverse else 0)] = shift
+        padded = b.op("Pad", x, b.i64(*pads), identity)
+        moved = b.slice(padded, [shift if reverse else 0], [n + shift if reverse else n], [axis])
+        x = combine(x, moved)
+        shift *= 2
+    return x
+
+
+@rule("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")
+def _cumulative(b, node, xs):
+    axis, reverse = node.attrs["axis"], bool(node.attrs.get("reverse", False))
+    it = node.inputs[0].type
+    if node.op == "cumsum":
+        return b.op("CumSum", xs[0], b.scalar(axis, "i64"), reverse=int(reverse))
+    if node.op == "cumprod" and b.opset >= 26:
+        return b.op("CumProd", xs[0], b.scalar(axis, "i64"), reverse=int(reverse))
+    n = it.shape[axis]
+    if not isinstance(n, int):
+        raise Refused(f"{node.op} along a symbolic axis")
+    t = it.dtype
+    if t.startswith(("f", "bf")):
+        lo, hi = -np.inf, np.inf
+    else:
+        lo, hi = np.iinfo(to_dtype(t)).min, np.iinfo(to_dtype(t)).max
+    combine, ident = {
+        "cumprod": (lambda p, q: b.op("Mul", p, q), 1),
+        "cummax": (lambda p, q: b.op("Max", p, q), lo),
+        "cummin": (lambda p, q: b.op("Min", p, q), hi),
+        "cumlogsumexp": (_logaddexp(b, t), -np.inf),
+    }[node.op]
+    return doubling_scan(b, xs[0], axis, n, combine, b.scalar(ident, t), it.rank, reverse)
+
+
+# -- reduce_window: pooling over the windowed dims, the others folded into the batch --------
+
+@rule("reduce_window_max", "reduce_window_min", "reduce_window_sum")
+def _reduce_window(b, node, xs):
+    a = node.attrs
+    it, ot = node.inputs[0].type, node.outputs[0].type
+    rank, t = it.rank, it.dtype
+    win, strides = a["window_dimensions"], a["window_strides"]
+    pads, base, wdil = a["padding"], a["base_dilation"], a["window_dilation"]
+    pooled = [i for i in range(rank) if (win[i], strides[i], tuple(pads[i]), base[i], wdil[i])
+              != (1, 1, (0, 0), 1, 1)]
+    if not pooled:
+        return xs[0]
+    rest = [i for i in range(rank) if i not in pooled]
+    perm = rest + pooled
+    work = t if t.startswith("f") else "f64"  # exact for integers below 2**53
+    if work == "f64" and node.op == "reduce_window_sum":
+        raise Refused(f"reduce_window_sum on {t}")
+    x = b.cast(b.transpose(xs[0], perm), t, work)
+    x = b.reshape(x, [-1, 1] + [it.shape[i] for i in pooled])
+    sign = 1
+    if node.op == "reduce_window_min":
+        x, sign = b.op("Neg", x), -1
+    ident = b.scalar(0 if node.op == "reduce_window_sum" else -np.inf, work)
+    for k, i in enumerate(pooled):
+        if base[i] != 1:
+            x = interior_pad(b, x, len(pooled) + 2, 2 + k, base[i] - 1, ident)
+    lo = [pads[i][0] for i in pooled]
+    hi = [pads[i][1] for i in pooled]
+    if any(p < 0 for p in lo + hi):
+        raise Refused("reduce_window with negative padding")
+    kw = dict(strides=[strides[i] for i in pooled], pads=lo + hi,
+              dilations=[wdil[i] for i in pooled])
+    kernel = [win[i] for i in pooled]
+    if node.op == "reduce_window_sum":
+        ones = b.const(np.ones([1, 1] + kernel, dtype=to_dtype(t)))
+        y = b.op("Conv", x, ones, kernel_shape=kernel, **kw)
+    else:
+        y = b.op("MaxPool", x, kernel_shape=kernel, **kw)
+    if sign < 0:
+        y = b.op("Neg", y)
+    y = b.reshape(y, [ot.shape[i] for i in perm])
+    return b.cast(b.transpose(y, [perm.index(i) for i in range(rank)]), work, t)

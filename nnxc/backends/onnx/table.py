@@ -1,0 +1,31 @@
+"""``ONNX_RULES``: IR op name -> emitter. Each family module registers its rules here.
+
+An emitter is ``fn(b: Builder, node: Node, xs: list[str]) -> str | list[str]``: it reads the
+node's attributes and IR types, emits ONNX nodes through ``b`` on the input names ``xs``,
+and returns the ONNX names of the node's outputs. It raises ``Refused(reason)`` when the
+chosen opset (``b.opset``) or the node's attributes are out of its reach.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+Rule = Callable[..., object]
+ONNX_RULES: dict[str, Rule] = {}
+
+
+class Refused(Exception):
+    """A rule cannot lower this node (the message says why and how to avoid it)."""
+
+
+def rule(*ops: str):
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            ONNX_RULES[op] = fn
+        return fn
+    return register
+
+
+def need(b, opset: int, what: str) -> None:
+    """Refuse unless the export opset is at least ``opset``."""
+    if b.opset < opset:
+        raise Refused(f"{what} needs opset >= {opset} (exporting at opset {b.opset})")

@@ -1,0 +1,32 @@
+"""Stage lines on stderr (``  trace      ✓   0.41 s``), with a spinner on a terminal."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+# -- stage printing ------------------------------------------------------------------
+
+class Stages:
+    """Prints each stage as it finishes: ``  trace      ✓  0.41 s``."""
+
+    def __init__(self, quiet: bool = False):
+        from ..runtime.progress import Progress
+        self.quiet = quiet
+        self.failed = False
+        self.progress = Progress(quiet)  # a spinner while a stage runs, on a terminal only
+
+    @contextmanager
+    def stage(self, name: str, detail: str = ""):
+        t0 = time.perf_counter()
+        try:
+            with self.progress.task(f"{name} {detail}".rstrip()):
+                yield
+        except BaseException:
+            self._line(name, "✗", time.perf_counter() - t0, detail)
+            raise
+        self._line(name, "✓", time.perf_counter() - t0, detail)
+
+    def _line(self, name, mark, seconds, detail):
+        if not self.quiet:
+            print(f"  {name:<10} {mark} {seconds:6.2f} s  {detail}".rstrip(), file=sys.stderr)

@@ -1,0 +1,114 @@
+"""NNX Filters matched against the IR's variables, through flax's own filter machinery.
+
+A filter is anything ``nnx.state`` / ``nnx.split`` take: Variable types (``nnx.Param``, user
+subclasses), tag strings, ``nnx.PathContains``, ``nnx.Any`` / ``nnx.All`` / ``nnx.Not``,
+``...``, ``True`` / ``False``, predicates, lists/tuples. ``filterlib.to_predicate`` turns it
+into ``predicate(path, value)``; we call it with the variable's path as a tuple (list indices
+as ints, as NNX has them) and a Variable of the variable's type carrying its metadata.
+
+``parse_filter`` reads the CLI's small filter syntax.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+
+import numpy as np
+from flax import nnx
+from flax.nnx import filterlib
+
+from ..errors import NnxcError
+from ..ir.graph import Graph, Variable
+
+# Linen collections as NNX Variable types (nnx.bridge uses the same correspondence)
+LINEN_KINDS = {"params": "Param", "batch_stats": "BatchStat", "intermediates": "Intermediate",
+               "cache": "Cache", "rngs": "RngKey"}
+_STAND_INS: dict[str, type] = {}
+
+
+def _subclasses(cls: type):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def variable_class(kind: str) -> type:
+    """The nnx.Variable class named ``kind`` (flax's own, then user subclasses by name)."""
+    name = LINEN_KINDS.get(kind, kind)
+    cls = getattr(nnx, name, None)
+    if isinstance(cls, type) and issubclass(cls, nnx.Variable):
+        return cls
+    for sub in _subclasses(nnx.Variable):
+        if sub.__name__ == name and sub.__module__ != __name__:
+            return sub
+    if name not in _STAND_INS:  # a kind no loaded class has (e.g. a graph parsed from text)
+        _STAND_INS[name] = type(name, (nnx.Variable,), {"__module__": __name__})
+    return _STAND_INS[name]
+
+
+def path_parts(path: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+
+
+def stand_in(var: Variable):
+    """A Variable of ``var``'s type holding its metadata, for filters that look at the value."""
+    cls = variable_class(var.kind)
+    meta = {k: v for k, v in var.meta.items() if k != "new"}
+    for attempt in (meta, {k: v for k, v in meta.items() if k == "tag"}, {}):
+        try:
+            return cls(np.zeros((), np.float32), **attempt)
+        except Exception:  # noqa: BLE001 - metadata such as shardings may need a mesh
+            continue
+    return cls.__new__(cls)
+
+
+def matches(graph: Graph, filter) -> list[Variable]:
+    """The graph's variables that ``filter`` selects."""
+    try:
+        pred = filterlib.to_predicate(filter)
+    except TypeError as e:
+        raise NnxcError(f"not an NNX filter: {filter!r} ({e})") from None
+    return [var for var in graph.variables if pred(path_parts(var.path), stand_in(var))]
+
+
+# -- the CLI's filter syntax ------------------------------------------------------------
+
+_TYPE = re.compile(r"[A-Z][A-Za-z0-9_]*")
+
+
+def parse_filter(text: str):
+    """``BatchStat``, ``*.dropout.*``, ``dropout``, ``tag:default``, ``!Param``, ``a,b`` (any of).
+
+    A capitalized word is a Variable type, a word with ``*``, ``?`` or ``.`` a glob over the
+    dotted path, ``tag:NAME`` a tag, ``...`` / ``all`` everything, other words a path part.
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise NnxcError(f"empty filter {text!r}")
+    filters = [_one(p) for p in parts]
+    return filters[0] if len(filters) == 1 else nnx.Any(*filters)
+
+
+def _one(p: str):
+    if p.startswith("!"):
+        return nnx.Not(_one(p[1:]))
+    if p in ("...", "all"):
+        return ...
+    if p.startswith("tag:"):
+        return p[4:]  # a str filter is WithTag
+    if _TYPE.fullmatch(p):
+        return variable_class(p)
+    if any(c in p for c in "*?."):
+        return _Glob(p)
+    return nnx.PathContains(int(p) if p.isdigit() else p)
+
+
+class _Glob:
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+
+    def __call__(self, path, value) -> bool:
+        return fnmatch.fnmatchcase(".".join(str(p) for p in path), self.pattern)
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"

@@ -1,0 +1,107 @@
+"""fold-constants: evaluate nodes whose inputs are all constants, with JAX, into constants.
+
+    before:  %0: f32[1,8] = reshape(%c0) {new_sizes=(1,8)}      after:  const %c0: f32[1,8] = ..
+             %1: f32[B,8] = add(%x, %0)                                 %1: f32[B,8] = add(%x, %c0)
+
+Bounded: a result may have at most ``LIMIT`` elements unless it replaces constant inputs at
+least as large that die with it (so frozen weights are transformed, never duplicated).
+Data-movement ops are evaluated with NumPy (exact); everything else by binding the JAX
+primitive, i.e. by XLA itself, so folding reproduces what the compiled graph computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..frontend import _jax_compat as jc
+from ..ir.graph import Graph, Node, Value
+from ..ir.types import to_dtype
+from .rewrite import Rebuild, const_data, fired, use_counts
+
+LIMIT = 1 << 16
+NULLARY = frozenset({"iota"})  # ops without inputs that are constants
+NEVER = frozenset({"dim_as_value", "rng_uniform", "rng_bit_generator", "random_seed",
+                   "random_wrap", "random_unwrap", "scatter", "scatter-add", "scatter-mul",
+                   "scatter-min", "scatter-max", "optimization_barrier"})
+
+
+def fold_constants(graph: Graph, limit: int = LIMIT) -> Graph:
+    uses = use_counts(graph)
+    born: dict[Value, int] = {}  # constants made here -> uses of the value they replaced
+
+    def visit(old: Node, new: Node, rb):
+        if not _foldable(new):
+            return None
+        arrays = [const_data(v) for v in new.inputs]
+        if any(a is None for a in arrays):
+            return None
+        size = sum(v.type.size() for v in new.outputs)
+        dying = sum(a.size for v, a in zip(new.inputs, arrays)
+                    if a.size > limit and born.get(v, uses.get(v, 0)) <= 1)
+        if size > max(limit, dying):
+            return None
+        try:
+            results = evaluate(new, arrays)
+        except Exception:  # noqa: BLE001 - an op JAX refuses eagerly stays a node
+            return None
+        outs = []
+        for o, old_o, r in zip(new.outputs, old.outputs, results):
+            r = np.asarray(r).astype(to_dtype(o.type.dtype), copy=False)
+            if r.shape != tuple(o.type.shape):
+                return None
+            c = Value(o.type, data=r)
+            born[c] = uses.get(old_o, 0)
+            outs.append(c)
+        fired("folded")
+        return outs
+
+    rb = Rebuild(graph, visit)
+    new = rb.run()
+    return new if rb.changed else graph
+
+
+def _foldable(node: Node) -> bool:
+    if node.regions or node.op in NEVER or node.op.startswith("nnxc."):
+        return False
+    if not node.inputs and node.op not in NULLARY:
+        return False
+    return all(o.type.is_static and not o.type.dtype.startswith("key<") and o.type.dtype != "float0"
+               for o in node.outputs)
+
+
+def evaluate(node: Node, arrays: list) -> list:
+    """The node's results on constant inputs."""
+    attrs = {k: jc.decode_param(v, {}) for k, v in node.attrs.items()}
+    fast = _NUMPY.get(node.op)
+    if fast is not None:
+        out = fast(arrays, attrs, node)
+        if out is not None:
+            return [out]
+    prim = jc.primitive(node.op)
+    if prim is None:
+        raise ValueError(f"no JAX primitive {node.op}")
+    return [np.asarray(x) for x in jc.bind(prim, arrays, attrs)]
+
+
+def _broadcast(a, at, node):
+    shape, dims = tuple(at["shape"]), tuple(at["broadcast_dimensions"])
+    expanded = [1] * len(shape)
+    for i, d in enumerate(dims):
+        expanded[d] = a.shape[i]
+    return np.broadcast_to(a.reshape(expanded), shape).copy()
+
+
+def _convert(a, at, node):
+    want = to_dtype(node.outputs[0].type.dtype)
+    if a.dtype.kind == want.kind == "f" or (a.dtype.kind in "biu" and want.kind in "f"):
+        return a.astype(want)
+    return None  # float -> int and the rest: leave to XLA's own conversion
+
+
+_NUMPY = {
+    "reshape": lambda a, at, n: a[0].reshape(tuple(n.outputs[0].type.shape)),
+    "transpose": lambda a, at, n: np.transpose(a[0], at["permutation"]).copy(),
+    "squeeze": lambda a, at, n: np.squeeze(a[0], axis=tuple(at["dimensions"])),
+    "broadcast_in_dim": lambda a, at, n: _broadcast(a[0], at, n),
+    "convert_element_type": lambda a, at, n: _convert(a[0], at, n),
+    "copy": lambda a, at, n: a[0].copy(),
+}

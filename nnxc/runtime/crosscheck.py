@@ -1,0 +1,147 @@
+"""``nnxc.crosscheck``: the model's own JAX output vs the IR on XLA vs the exported ONNX model
+in onnxruntime, per output, at several sizes of the symbolic dims (1 among them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from ..errors import NnxcError
+from ..ir.graph import Graph
+from .check import compare, format_table, structured, symbols
+
+RTOL = {"f64": 1e-10, "f32": 1e-5, "f16": 1e-3, "bf16": 1e-2, "c64": 1e-5, "c128": 1e-10}
+
+
+@dataclass
+class CrosscheckReport:
+    """Rows of ``{output, size, backend, abs, rel, ok, note}``; ``ok`` when all pass."""
+
+    rows: list = field(default_factory=list)
+    reference: str = "jax"
+
+    @property
+    def ok(self) -> bool:
+        return all(r["ok"] for r in self.rows)
+
+    def failures(self) -> list:
+        return [r for r in self.rows if not r["ok"]]
+
+    def __str__(self) -> str:
+        return f"reference: {self.reference}\n" + format_table(self.rows)
+
+
+def _host(x) -> np.ndarray:
+    if hasattr(x, "dtype") and str(x.dtype).startswith("key<"):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+def random_inputs(graph: Graph, size: int, seed: int = 0) -> list:
+    """Random flat inputs, every symbolic dim at ``size``; PRNG key inputs get real keys."""
+    from ..frontend._jax_compat import eval_dim
+    from ..ir.types import to_dtype
+    rng = np.random.default_rng(seed)
+    env = {s: size for s in symbols(graph)}
+    out = []
+    for v in graph.inputs:
+        shape = tuple(d if isinstance(d, int) else int(eval_dim(d, dict(env))) for d in v.type.shape)
+        if v.type.dtype.startswith("key<"):
+            impl = {"fry": "threefry2x32", "rbg": "rbg", "urbg": "unsafe_rbg"}[v.type.dtype[4:-1]]
+            keys = jax.random.split(jax.random.key(seed, impl=impl), int(np.prod(shape)))
+            out.append(keys.reshape(shape))
+            continue
+        dt = to_dtype(v.type.dtype)
+        if dt == np.bool_:
+            out.append(rng.random(shape) < 0.5)
+        elif np.issubdtype(dt, np.integer):
+            out.append(rng.integers(0, 8, size=shape).astype(dt))
+        else:
+            out.append(rng.standard_normal(shape).astype(dt))
+    return out
+
+
+def _is_concrete(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, jax.ShapeDtypeStruct)
+
+
+def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None, atol=None,
+               sizes=(1, 3), opset=None, seed: int = 0, **trace_kwargs) -> CrosscheckReport:
+    """Compare backends on the same inputs; see the module docstring.
+
+    ``graph_or_model``: a Graph, or anything ``nnxc.trace`` takes (then ``args`` are its
+    example arguments). Concrete array ``args`` are used as given; otherwise random inputs
+    are drawn for every symbolic-dim size in ``sizes``. An output passes when
+    ``|got - ref| <= atol + rtol * |ref|`` everywhere; ``rtol`` defaults by dtype (f32: 1e-5)
+    and ``atol`` to ``rtol * max|ref|``, i.e. relative to the output's scale (backends sum
+    in different orders, so values near zero carry absolute, not relative, noise).
+    Integers and booleans must match exactly. The reference is the model's own jitted
+    function when the graph carries one, else XLA. Variable updates are compared against XLA.
+    """
+    if isinstance(graph_or_model, Graph):
+        graph = graph_or_model
+    else:
+        from ..frontend.trace import trace
+        graph = trace(graph_or_model, *args, **trace_kwargs)
+    unknown = set(backends) - {"jax", "xla", "onnx"}
+    if unknown:
+        raise NnxcError(f"unknown backend(s) {sorted(unknown)}: choose from jax, xla, onnx")
+    reference = graph.meta.get("reference") if "jax" in backends else None
+    leaves = jax.tree_util.tree_leaves(args)
+    if leaves and all(_is_concrete(x) for x in leaves):
+        inputs = [("given", list(leaves))]
+    else:
+        inputs = [(s, random_inputs(graph, s, seed)) for s in (sizes if symbols(graph) else sizes[:1])]
+    from ..backends.onnx.export import export_onnx, output_names
+    exe = session = None
+    if "xla" in backends or reference is None:
+        from ..backends.xla.compile import compile
+        exe = compile(graph)
+    if "onnx" in backends:
+        from .onnx_io import onnx_session
+        session = onnx_session(export_onnx(graph, opset=opset))
+    names = output_names(graph)
+    update_paths = [p for p, _ in graph.updates]
+    report = CrosscheckReport(reference="jax" if reference is not None else "xla")
+    for size, flat in inputs:
+        call_args = structured(graph, flat)
+        got: dict[str, list] = {}
+        new_state = None
+        if exe is not None:
+            out, new_state = exe.apply(exe.state, *call_args)
+            got["xla"] = [_host(x) for x in jax.tree_util.tree_leaves(out)]
+        if reference is not None:
+            got["jax"] = [_host(x) for x in jax.tree_util.tree_leaves(reference(*call_args))]
+        if session is not None:
+            feeds = dict(zip([i.name for i in session.get_inputs()], [_host(x) for x in flat]))
+            got["onnx"] = session.run(None, feeds)
+        ref_name = "jax" if reference is not None else "xla"
+        ref = got[ref_name]
+        for backend in backends:
+            if backend == ref_name or backend not in got:
+                continue
+            for name, r, g in zip(names, ref, got[backend]):
+                report.rows.append(_row(name, size, backend, r, g, rtol, atol))
+        if session is not None and new_state is not None:
+            for path, g in zip(update_paths, got["onnx"][len(names):]):
+                report.rows.append(_row(f"{path} (update)", size, "onnx", _host(new_state[path]), g,
+                                        rtol, atol))
+    return report
+
+
+def _row(name, size, backend, ref, got, rtol, atol) -> dict:
+    from ..ir.types import dtype_name
+    ref, got = np.asarray(ref), np.asarray(got)
+    try:
+        rtol = RTOL.get(dtype_name(ref.dtype), 0.0) if rtol is None else rtol
+    except ValueError:
+        rtol = 0.0 if rtol is None else rtol
+    if atol is None:
+        scale = float(np.max(np.abs(ref), initial=0.0)) if ref.dtype.kind in "fc" and ref.size else 0.0
+        atol = rtol * (scale if np.isfinite(scale) and scale else 1.0)
+    r = compare(ref, got, rtol, atol)
+    if got.dtype != ref.dtype and r["ok"]:
+        r = {**r, "ok": False, "note": f"dtype {got.dtype} != {ref.dtype}"}
+    return {"output": name, "size": size, "backend": backend, **r}

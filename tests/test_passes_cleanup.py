@@ -1,0 +1,259 @@
+"""Cleanup passes one by one: dce (regions, variables), cse, fold-constants, simplify,
+strip-stop-gradient, fold-batchnorm. Cleanups must keep results bit for bit."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+import nnxc
+from nnxc.ir import verify
+from nnxc.passes import PASSES
+from nnxc.passes.manager import count_nodes
+from test_passes import eager, mlp, outputs, x8
+
+
+def run(name: str, graph):
+    out = PASSES[name][0](graph)
+    verify(out)
+    return out
+
+
+def ops(graph) -> list[str]:
+    return [n.op for n in graph.walk()]
+
+
+def same(g1, g2, *args):
+    a, b = eager(g1, *args), eager(g2, *args)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+# -- dce -----------------------------------------------------------------------------------
+
+def test_dce_removes_unused_nodes_and_keeps_the_rest():
+    g = nnxc.trace(lambda x: (jnp.exp(x), jnp.sin(x))[1], "f32[B,4]")
+    assert "exp" in ops(g)
+    g2 = run("dce", g)
+    assert ops(g2) == ["sin"] and run("dce", g2) is g2
+
+
+def test_dce_variables_removes_variables_nothing_reads_or_writes():
+    g = nnxc.trace(mlp(), "f32[B,8]")  # eval: dropout's RNG state is unused
+    assert {"drop.rngs.count", "drop.rngs.key"} <= {v.path for v in g.variables}
+    assert run("dce", g) is g  # plain dce keeps the model's state interface
+    g2 = run("dce-variables", g)
+    assert {v.path for v in g2.variables} == {v.path for v in g.variables} - {
+        "drop.rngs.count", "drop.rngs.key"}
+    same(g, g2, x8())
+
+
+def test_default_keeps_the_state_interface():
+    from flax import nnx as _nnx
+    from nnxc.frontend.trace import nnx_state
+    model = mlp()
+    g = nnxc.optimize(nnxc.trace(model, "f32[B,8]"), "default")
+    exe = nnxc.compile(g)
+    exe(x8())
+    _nnx.update(model, nnx_state(g, exe.state))  # the optimized graph's state fits the model
+
+
+def _scan(x, w):
+    k = jnp.cos(x)  # only feeds the unused output
+
+    def body(c, xs):
+        a, b = xs
+        return c + a, (c * 2, jnp.sin(b) + k)
+    c, (y1, _) = lax.scan(body, x, (w, w))
+    return c + y1.sum(0)
+
+
+def test_dce_shrinks_scan_consts_xs_and_ys():
+    g = nnxc.trace(_scan, "f32[4]", "f32[3,4]")
+    (scan,) = [n for n in g.nodes if n.op == "scan"]
+    assert len(scan.inputs) == 4 and len(scan.outputs) == 3
+    g2 = run("dce", g)
+    (scan2,) = [n for n in g2.nodes if n.op == "scan"]
+    assert len(scan2.inputs) == 2 and len(scan2.outputs) == 2 and scan2.attrs["num_consts"] == 0
+    assert [n.op for n in scan2.regions[0].nodes] == ["add", "mul"] and "cos" not in ops(g2)
+    x, w = np.arange(4, dtype=np.float32), np.ones((3, 4), np.float32)
+    same(g, g2, x, w)
+
+
+def test_dce_shrinks_cond_operands_and_results():
+    def f(p, x, y):
+        return lax.cond(p, lambda a, b: (a + 1, jnp.sin(b)), lambda a, b: (a - 1, jnp.cos(b)), x, y)[0]
+    g = nnxc.trace(f, "bool[]", "f32[4]", "f32[4]")
+    g2 = run("dce", g)
+    (cond,) = [n for n in g2.nodes if n.op == "cond"]
+    assert len(cond.inputs) == 2 and len(cond.outputs) == 1
+    assert all(len(r.args) == 1 and len(r.results) == 1 for r in cond.regions)
+    same(g, g2, np.bool_(True), np.ones(4, np.float32), np.ones(4, np.float32))
+
+
+def test_dce_shrinks_while_consts_but_keeps_the_carry():
+    def f(x, y):
+        def body(c):
+            _ = jnp.sin(y)  # dead inside the loop: y need not go in
+            return c[0] + 1, c[1] * 2
+        return lax.while_loop(lambda c: c[0] < 3, body, (0, x))[1]
+    g = nnxc.trace(f, "f32[4]", "f32[4]")
+    g2 = run("dce", g)
+    (loop,) = [n for n in g2.nodes if n.op == "while"]
+    assert loop.attrs["body_nconsts"] == 0 and len(loop.outputs) == 2
+    same(g, g2, np.ones(4, np.float32), np.ones(4, np.float32))
+
+
+# -- cse -----------------------------------------------------------------------------------
+
+def test_cse_merges_repeats_including_equal_constants():
+    g = nnxc.trace(lambda x: jnp.exp(x * 2.0) + jnp.exp(x * 2.0), "f32[B,4]")
+    assert ops(g).count("exp") == 2
+    g2 = run("cse", g)
+    assert ops(g2).count("exp") == 1 and ops(g2).count("mul") == 1
+    x = np.ones((2, 4), np.float32)
+    same(g, run("dce", g2), x)
+
+
+def test_cse_does_not_reach_into_regions():
+    def f(x):
+        y = jnp.sin(jnp.ones(4))
+        return lax.scan(lambda c, _: (c + jnp.sin(jnp.ones(4)), None), x, None, length=2)[0] + y
+    g = nnxc.trace(f, "f32[4]")
+    g2 = run("cse", g)
+    verify(g2)  # a body node replaced by an outer value would not verify
+    same(g, g2, np.ones(4, np.float32))
+
+
+# -- fold-constants --------------------------------------------------------------------------
+
+def test_fold_constants_evaluates_constant_subgraphs():
+    g = nnxc.trace(lambda x: x * jnp.sqrt(jnp.arange(4.0) + 1).reshape(1, 4), "f32[B,4]")
+    g2 = run("dce", run("fold-constants", g))
+    assert ops(g2) == ["mul"] and len(g2.consts) == 1
+    same(g, g2, np.ones((2, 4), np.float32))
+
+
+def test_fold_constants_is_bounded_and_never_duplicates_weights():
+    from nnxc.passes.fold_constants import fold_constants
+    g = nnxc.trace(lambda x: x + jnp.zeros((300, 300)), "f32[300,300]")
+    assert ops(fold_constants(g, limit=1000)) == ["broadcast_in_dim", "add"]  # too big to make
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    g = nnxc.trace(lambda x: x @ w.T + x @ (w * 2), "f32[B,64]")
+    g2 = run("dce", fold_constants(g, limit=16))
+    # w.T may be folded (w dies with it) but w*2 may not: w is still used by the transpose
+    sizes = sorted(c.type.size() for c in g2.consts)
+    assert sum(sizes) <= 2 * w.size
+    same(g, g2, np.ones((2, 64), np.float32))
+
+
+def test_fold_constants_leaves_symbolic_and_random_ops():
+    g = nnxc.trace(lambda x: x + jnp.zeros(x.shape), "f32[B,4]")
+    assert "broadcast_in_dim" in ops(run("fold-constants", g))  # shape (B,4) is not known
+    g = nnxc.trace(lambda x: x + jax.random.normal(jax.random.key(0), (4,)), "f32[B,4]")
+    g2 = run("fold-constants", g)
+    assert "random_bits" in ops(g2)
+    same(g, g2, np.ones((2, 4), np.float32))
+
+
+# -- simplify ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn, gone", [
+    (lambda x: x * 1.0, "mul"), (lambda x: 1.0 * x, "mul"), (lambda x: x + 0.0, "add"),
+    (lambda x: x - 0.0, "sub"), (lambda x: x / 1.0, "div"),
+    (lambda x: jnp.maximum(x, -jnp.inf), "max"), (lambda x: jnp.minimum(x, jnp.inf), "min"),
+    (lambda x: x.astype(jnp.float32), "convert_element_type"),
+    (lambda x: x.reshape(x.shape), "reshape"),
+    (lambda x: jnp.transpose(x, (0, 1)), "transpose"),
+    (lambda x: jnp.transpose(jnp.transpose(x)), "transpose"),
+    (lambda x: jnp.array(x, copy=True), "copy"),
+    (lambda x: jnp.where(True, x, 2 * x), "select_n"),
+])
+def test_simplify_identities(fn, gone):
+    g = nnxc.trace(fn, "f32[B,4]")
+    g2 = run("dce", run("simplify", g))
+    assert gone not in ops(g2), g2
+    same(g, g2, np.arange(8, dtype=np.float32).reshape(2, 4) - 3)
+
+
+def test_simplify_merges_chains_and_keeps_what_changes_types():
+    g = nnxc.trace(lambda x: jnp.transpose(jnp.transpose(x, (1, 2, 0)), (2, 0, 1)) + 1, "f32[2,3,4]")
+    assert "transpose" not in ops(run("dce", run("simplify", g)))
+    g = nnxc.trace(lambda x: x.reshape(6, 4).reshape(24), "f32[2,3,4]")
+    assert ops(run("dce", run("simplify", g))) == ["reshape"]
+    g = nnxc.trace(lambda x: jnp.transpose(jnp.transpose(x, (1, 0, 2)), (0, 2, 1)), "f32[2,3,4]")
+    assert ops(run("dce", run("simplify", g))) == ["transpose"]
+    g = nnxc.trace(lambda x: jnp.broadcast_to(x[:, None], (4, 3))[None], "f32[4]")
+    assert ops(run("dce", run("simplify", g))) == ["broadcast_in_dim"]
+    for keep in (lambda x: x * jnp.ones((3, 4)), lambda x: x * 1.0000001,
+                 lambda x: x.astype(jnp.float16)):  # broadcasting, not a unit, a real cast
+        g = nnxc.trace(keep, "f32[4]")
+        assert run("simplify", g).text() == g.text()
+
+
+def test_strip_stop_gradient():
+    g = nnxc.trace(lambda x: jax.nn.softmax(x), "f32[B,4]")
+    assert "stop_gradient" in ops(g)
+    g2 = run("strip-stop-gradient", g)
+    assert "stop_gradient" not in ops(g2) and run("strip-stop-gradient", g2) is g2
+    same(g, g2, np.ones((2, 4), np.float32))
+
+
+# -- fold-batchnorm --------------------------------------------------------------------------
+
+class ConvBN(nnx.Module):
+    def __init__(self, rngs, use_bias=True):
+        self.conv = nnx.Conv(3, 8, (3, 3), use_bias=use_bias, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+        self.lin = nnx.Linear(8, 5, use_bias=use_bias, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn2(self.lin(nnx.relu(self.bn(self.conv(x))).mean((1, 2))))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fold_batchnorm_into_conv_and_linear(use_bias):
+    from test_passes import randomize
+    model = randomize(ConvBN(nnx.Rngs(0), use_bias))
+    model.eval()
+    g = nnxc.trace(model, "f32[B,6,6,3]")
+    g2, stats = nnxc.optimize(g, "inference", stats=True)
+    assert stats.fired()["affine"] >= 4
+    assert [o for o in ops(g2) if o not in ("max", "reduce_sum", "div")] == [
+        "conv_general_dilated", "add", "nnxc.linear"]
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    a, b = outputs(g, x)[0][0], outputs(g2, x)[0][0]
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)  # rounding of the folded weights
+
+
+def test_fold_batchnorm_needs_frozen_weights_and_single_use():
+    from test_passes import randomize
+    model = randomize(ConvBN(nnx.Rngs(0)))
+    model.eval()
+    g = nnxc.trace(model, "f32[B,6,6,3]")
+    partly = nnxc.optimize(g, ["freeze", "simplify", "fold-constants", "dce"], freeze=nnx.BatchStat)
+    assert run("fold-batchnorm", partly) is partly  # the conv weights are still variables
+
+    def shared(x):  # the conv result is also used elsewhere: folding would duplicate the conv
+        y = lax.conv(x, np.ones((4, 2, 3, 3), np.float32), (1, 1), "SAME")
+        return y * np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1) + y
+    g = nnxc.trace(shared, "f32[1,2,5,5]")
+    assert run("fold-batchnorm", g) is g
+
+
+def test_cleanups_keep_results_bit_for_bit_in_train_mode():
+    g = nnxc.trace(mlp(train=True), "f32[B,8]")
+    g2 = nnxc.optimize(g, ["simplify", "fold-constants", "cse", "dce"])
+    assert count_nodes(g2) < count_nodes(g)
+    a, sa = outputs(g, x8())
+    b, sb = outputs(g2, x8())
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    for path in sb:  # the BatchNorm statistics and RNG count move the same way
+        if "key" not in path:
+            np.testing.assert_array_equal(np.asarray(sa[path]), np.asarray(sb[path]))
