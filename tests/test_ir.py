@@ -10,7 +10,8 @@ import nnxc
 from nnxc.errors import VerifyError
 from nnxc.ir import DType, EnumVal, Graph, Node, Record, SymDim, TensorType, Value, parse, verify
 from nnxc.ir.attrs import format_attr
-from nnxc.runtime.check import example_inputs, structured
+from nnxc.runtime.check import structured
+from nnxc.runtime.crosscheck import random_inputs
 
 
 @pytest.mark.parametrize("value, text", [
@@ -60,7 +61,7 @@ def test_function_graphs_round_trip_verify_and_run_exactly(fn, specs):
     g2 = parse(text)
     assert str(g2) == text
     verify(g2)
-    args = structured(g, example_inputs(g, size=3))
+    args = structured(g, random_inputs(g, size=3))
     want = jax.jit(fn)(*args)
     got = nnxc.compile(g)(*args)
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import SpecError
+from ..errors import NnxcError, SpecError
 from .models import trace_model
 from .stages import Stages
 
@@ -22,7 +22,6 @@ def cmd_ir(args) -> int:
     fmt = args.format or IR_FORMATS.get(os.path.splitext(args.output or "")[1].lower(), "text")
     if args.diff and fmt not in ("text", "html"):
         raise SpecError(f"--diff writes text or html, not {fmt}")
-    pipeline = _pipeline(args.passes or "default") if (args.passes or args.diff) else None
     stages = Stages(args.quiet)
     graph = trace_model(args, stages)
     with stages.stage("verify"):
@@ -30,13 +29,13 @@ def cmd_ir(args) -> int:
     steps = None
     if args.diff:
         from ..runtime.passdiff import format_steps, step_passes
+        pipeline = _pipeline(args.passes or "default")
         with stages.stage("passes", args.passes or "default"):
-            steps = step_passes(graph, pipeline, progress=stages.progress)
+            steps = step_passes(graph, pipeline, freeze=_filter(args.freeze), prune=_filter(args.prune),
+                                progress=stages.progress)
         graph = steps[-1].after if steps else graph
-    elif pipeline is not None:
-        from ..passes import optimize
-        with stages.stage("passes", args.passes):
-            graph = optimize(graph, pipeline)
+    else:
+        graph = optimize_graph(args, graph, stages, dump_dir=args.dump_after_each)
     if args.summary:
         from ..runtime.summary import format_module_table, module_table
         print(format_module_table(module_table(graph, depth=args.depth)))
@@ -78,14 +77,211 @@ def _pipeline(text: str):
     return names
 
 
+def _filter(text: str | None):
+    if text is None:
+        return None
+    from ..passes import parse_filter
+    try:
+        return parse_filter(text)
+    except NnxcError as e:
+        raise SpecError(f"bad filter {text!r}: {e}") from None
+
+
+def optimize_graph(args, graph, stages, dump_dir=None):
+    """Run ``-O/--passes`` (with ``--freeze``/``--prune``) if given; print ``--stats``."""
+    freeze, prune = _filter(args.freeze), _filter(args.prune)
+    if args.passes is None and freeze is None and prune is None:
+        return graph
+    from ..passes import optimize
+    pipeline = _pipeline(args.passes or "default")
+    with stages.stage("optimize", args.passes or "default"):
+        result = optimize(graph, pipeline, freeze=freeze, prune=prune, dump_dir=dump_dir,
+                          stats=args.stats)
+    if args.stats:
+        result, stats = result
+        print(stats, file=sys.stderr)
+    return result
+
+
 def cmd_check(args) -> int:
-    from ..runtime.check import check_graph, format_table
     stages = Stages(args.quiet)
-    graph = trace_model(args, stages)
-    rows = check_graph(graph, stages, sizes=_sizes(args.sizes), rtol=args.rtol, atol=args.atol,
-                       onnx=not args.no_onnx)
-    print(format_table(rows))
-    return 0 if all(r["ok"] for r in rows) else EXIT_FAIL
+    graph = optimize_graph(args, trace_model(args, stages), stages)
+    report = _crosscheck(graph, stages, args, ("jax", "xla") if args.no_onnx else ("jax", "xla", "onnx"))
+    print(report)
+    return 0 if report.ok else EXIT_FAIL
+
+
+def _crosscheck(graph, stages, args, backends, opset=None):
+    from ..runtime.crosscheck import crosscheck
+    with stages.stage("check", " vs ".join(backends)):
+        report = crosscheck(graph, backends=backends, rtol=args.rtol, atol=args.atol,
+                            sizes=_sizes(args.sizes), opset=opset)
+    return report
+
+
+def cmd_export(args) -> int:
+    from .._files import atomic_write
+    from ..backends.onnx import export_onnx
+    stages = Stages(args.quiet)
+    graph = optimize_graph(args, trace_model(args, stages), stages)
+    if args.dump_ir:
+        with stages.stage("dump IR", args.dump_ir):
+            atomic_write(args.dump_ir, graph.text())
+    with stages.stage("lower", f"ONNX -> {args.output}"):
+        model = export_onnx(graph, args.output, opset=args.opset,
+                            external_data=True if args.external_data else None,
+                            weights_as_inputs=args.weights_as_inputs)
+    if not args.quiet:
+        print(f"wrote {args.output}: {len(model.graph.node)} ONNX nodes, opset "
+              f"{model.opset_import[0].version}", file=sys.stderr)
+    if not args.check:
+        return 0
+    report = _crosscheck(graph, stages, args, ("jax", "xla", "onnx"), opset=args.opset)
+    print(report)
+    return 0 if report.ok else EXIT_FAIL
+
+
+def cmd_compile(args) -> int:
+    import json
+
+    from .._files import atomic_write
+    from ..backends.xla.compile import compile as xla_compile
+    from ..backends.xla.compile import parse_mesh
+    from ..runtime.artifact import save
+    from ..runtime.summary import format_module_table, module_table
+    platforms = tuple(p.strip() for p in args.platform.split(",") if p.strip())
+    mesh = parse_mesh(args.mesh) if args.mesh else None
+    stages = Stages(args.quiet)
+    traced = trace_model(args, stages)
+    dump = args.dump_dir
+    graph = optimize_graph(args, traced, stages, dump_dir=os.path.join(dump, "passes") if dump else None)
+    with stages.stage("compile", "XLA" + (f" on mesh {args.mesh}" if mesh else "")):
+        exe = xla_compile(graph, mesh=mesh)
+    with stages.stage("save", f"{','.join(platforms)} -> {args.output}"):
+        save(exe, args.output, platforms=platforms)
+    rows = module_table(graph)
+    if dump:
+        with stages.stage("dump", dump):
+            atomic_write(os.path.join(dump, "ir.before.ir"), traced.text())
+            atomic_write(os.path.join(dump, "ir.after.ir"), graph.text())
+            atomic_write(os.path.join(dump, "stablehlo.mlir"), exe.as_text("stablehlo"))
+            atomic_write(os.path.join(dump, "hlo.txt"), exe.as_text("hlo"))
+            cost = {k: v for k, v in exe.cost_analysis().items() if "{" not in k}  # totals only
+            report = {"cost_analysis": cost, "memory_analysis": exe.memory_analysis(),
+                      "modules": rows}
+            atomic_write(os.path.join(dump, "report.json"), json.dumps(report, indent=2, default=str))
+    print(format_module_table(rows))
+    return 0
+
+
+def cmd_run(args) -> int:
+    import statistics
+    import time
+
+    import jax
+    import numpy as np
+
+    from ..runtime.artifact import load
+    if not os.path.isfile(args.artifact):
+        raise SpecError(f"artifact not found: {args.artifact}")
+    stages = Stages(args.quiet)
+    with stages.stage("load", args.artifact):
+        art = load(args.artifact)
+    specs = art.manifest["inputs"]
+    if args.random:
+        inputs = _random_inputs(specs, _dims(args.dims))
+    else:
+        inputs = _file_inputs(specs, args.inputs)
+    with stages.stage("run", "first call (compiles for these shapes)"):
+        out = jax.block_until_ready(art(*inputs))
+    times = []
+    for _ in range(max(args.repeat, 0)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(art.apply(art.state, *inputs))
+        times.append(time.perf_counter() - t0)
+    leaves = jax.tree_util.tree_flatten_with_path(out)[0]
+    for path, x in leaves:
+        print(f"{jax.tree_util.keystr(path) or 'out':<24} {str(np.asarray(x).dtype):>8} {tuple(np.shape(x))}")
+    if times:
+        print(f"latency: median {1e3 * statistics.median(times):.3f} ms over {len(times)} runs")
+    if args.output:
+        from .._files import atomic_open
+        with atomic_open(args.output, "wb") as f:
+            np.savez(f, **{(jax.tree_util.keystr(p) or "out").strip(".[]'\"") or "out": np.asarray(x)
+                           for p, x in leaves})
+    return 0
+
+
+def _dims(text: str) -> dict:
+    out = {}
+    for item in (t for t in text.split(",") if t.strip()):
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip().isidentifier() or not v.strip().isdigit():
+            raise SpecError(f"bad --dims {text!r}: expected B=4,T=16")
+        out[k.strip()] = int(v)
+    return out
+
+
+def _resolve(shape, dims: dict) -> tuple:
+    from ..frontend._jax_compat import eval_dim
+    return tuple(d if isinstance(d, int) else int(eval_dim(d, {**dims})) for d in shape)
+
+
+def _random_inputs(specs, dims: dict) -> list:
+    import re
+
+    import numpy as np
+
+    from ..runtime.check import random_array
+    rng = np.random.default_rng(0)
+    out = []
+    for s in specs:
+        names = {n for d in s["shape"] if isinstance(d, str) for n in re.findall(r"[A-Za-z_]\w*", d)}
+        out.append(random_array(rng, _resolve(s["shape"], {**{n: 1 for n in names}, **dims}), s["dtype"]))
+    return out
+
+
+def _file_inputs(specs, items: list[str]) -> list:
+    import numpy as np
+    given = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SpecError(f"bad input {item!r}: expected NAME=FILE.npy or NAME=FILE.npz:KEY")
+        file, key = path.rsplit(":", 1) if ".npz:" in path else (path, "")
+        if not os.path.isfile(file):
+            raise SpecError(f"input file not found: {file}")
+        try:
+            data = np.load(file, allow_pickle=False)
+        except ValueError as e:
+            raise SpecError(f"cannot read {file}: {e}") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            key = key or name
+            if key not in data:
+                raise SpecError(f"{file} has no array {key!r} (has: {', '.join(data.files)})")
+            data = data[key]
+        given[name] = data
+    names = [s["name"] for s in specs]
+    missing = [n for n in names if n not in given]
+    extra = [n for n in given if n not in names]
+    if missing or extra:
+        raise SpecError(f"inputs: the artifact takes {', '.join(names)}"
+                        + (f"; missing {', '.join(missing)}" if missing else "")
+                        + (f"; unknown {', '.join(extra)}" if extra else "")
+                        + " (or pass --random)")
+    return [given[n] for n in names]
+
+
+def cmd_passes(args) -> int:
+    from ..passes import PASSES, PRESETS
+    width = max(len(n) for n in PASSES)
+    print("passes:")
+    for name, (_, doc) in PASSES.items():
+        print(f"  {name:<{width}}  {doc}")
+    print("presets:")
+    for name, names in PRESETS.items():
+        print(f"  {name:<{width}}  {', '.join(names) or '(nothing)'}")
+    return 0
 
 
 def _sizes(text: str) -> list[int]:

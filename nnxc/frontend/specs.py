@@ -61,28 +61,3 @@ def concrete_shape(shape, size: int = 2) -> tuple[int, ...]:
         except Exception:  # noqa: BLE001 - symbolic
             out.append(size)
     return tuple(out)
-
-
-def random_inputs(structs, seed: int = 0, dims: dict | None = None):
-    """Random arrays for ShapeDtypeStructs; symbolic dims take their size from ``dims``."""
-    from ..ir.types import dim_text
-    from ._jax_compat import eval_dim
-    rng = np.random.default_rng(seed)
-    env = dict(dims or {})
-
-    def one(s):
-        shape = []
-        for d in s.shape:
-            d = dim_text(d)
-            shape.append(d if isinstance(d, int) else int(eval_dim(d, env)) if all(
-                n in env for n in re.findall(r"[A-Za-z_]\w*", d)) else 2)
-        dt = np.dtype(s.dtype) if not str(s.dtype).startswith("key") else None
-        if dt is None:
-            return jax.random.split(jax.random.key(seed), shape[0]) if shape else jax.random.key(seed)
-        if dt == np.bool_:
-            return rng.random(shape) < 0.5
-        if np.issubdtype(dt, np.integer):
-            return rng.integers(0, 8, size=shape).astype(dt)
-        return rng.standard_normal(shape).astype(dt)
-
-    return jax.tree_util.tree_map(one, structs)

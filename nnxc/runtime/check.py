@@ -1,4 +1,4 @@
-"""``nnxc check``: the model's own JAX output vs the compiled IR, per output, at several sizes."""
+"""Shared pieces of checking: random inputs, error measures, the result table."""
 from __future__ import annotations
 
 import re
@@ -10,16 +10,6 @@ from ..ir.graph import Graph
 from ..ir.types import to_dtype
 
 
-def output_names(graph: Graph) -> list[str]:
-    """Readable names of the flat outputs: their key paths in the output pytree."""
-    n = len(graph.outputs)
-    if graph.out_tree is None:
-        return [f"[{i}]" for i in range(n)]
-    tree = jax.tree_util.tree_unflatten(graph.out_tree, list(range(n)))
-    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [jax.tree_util.keystr(p) or "out" for p, _ in paths]
-
-
 def symbols(graph: Graph) -> list[str]:
     names = []
     for v in graph.inputs:
@@ -29,22 +19,20 @@ def symbols(graph: Graph) -> list[str]:
     return names
 
 
-def example_inputs(graph: Graph, size: int, seed: int = 0) -> list:
-    """Random flat inputs for the graph, every symbolic dim at ``size``."""
-    from ..frontend._jax_compat import eval_dim
-    rng = np.random.default_rng(seed)
-    env = {s: size for s in symbols(graph)}
-    out = []
-    for v in graph.inputs:
-        shape = tuple(d if isinstance(d, int) else int(eval_dim(d, dict(env))) for d in v.type.shape)
-        dt = to_dtype(v.type.dtype)
-        if dt == np.bool_:
-            out.append(rng.random(shape) < 0.5)
-        elif np.issubdtype(dt, np.integer):
-            out.append(rng.integers(0, 8, size=shape).astype(dt))
-        else:
-            out.append(rng.standard_normal(shape).astype(dt))
-    return out
+def random_array(rng: np.random.Generator, shape: tuple, dtype: str, seed: int = 0):
+    """A random array of an IR dtype: normal floats, small non-negative ints, coin-flip bools,
+    split PRNG keys for ``key<...>``."""
+    if dtype.startswith("key<"):
+        import jax
+        from ..ir.types import _KEY_IMPLS
+        keys = jax.random.split(jax.random.key(seed, impl=_KEY_IMPLS[dtype[4:-1]]), int(np.prod(shape)))
+        return keys.reshape(shape)
+    dt = to_dtype(dtype)
+    if dt == np.bool_:
+        return rng.random(shape) < 0.5
+    if np.issubdtype(dt, np.integer):
+        return rng.integers(0, 8, size=shape).astype(dt)
+    return rng.standard_normal(shape).astype(dt)
 
 
 def compare(ref, got, rtol: float, atol: float) -> dict:
@@ -79,29 +67,3 @@ def structured(graph: Graph, flat: list) -> tuple:
     if graph.in_tree is None:
         return tuple(flat)
     return tuple(jax.tree_util.tree_unflatten(graph.in_tree, flat))
-
-
-def check_graph(graph: Graph, stages, sizes=(1, 3), rtol=1e-5, atol=1e-6, onnx=True) -> list[dict]:
-    """Rows of (output, size, backend, errors) comparing each backend with the model's own output."""
-    from ..backends.xla.compile import compile
-    reference = graph.meta.get("reference")
-    with stages.stage("compile", "XLA"):
-        exe = compile(graph)
-    names = output_names(graph)
-    sizes = sizes if symbols(graph) else sizes[:1]
-    rows = []
-    for size in sizes:
-        args = structured(graph, example_inputs(graph, size))
-        with stages.stage("run", f"XLA, size {size}" if symbols(graph) else "XLA"):
-            got, _ = exe.apply(exe.state, *args)
-        backends = {"xla": jax.tree_util.tree_leaves(got)}
-        if reference is not None:
-            with stages.stage("reference", "the model's own jax.jit"):
-                ref = jax.tree_util.tree_leaves(reference(*args))
-        else:  # a graph parsed from text: XLA is the reference
-            ref = backends.pop("xla")
-        for backend, outs in backends.items():
-            for name, r, g in zip(names, ref, outs):
-                rows.append({"output": name, "size": size, "backend": backend,
-                             **compare(r, g, rtol, atol)})
-    return rows

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import NnxcError
 from ..ir.graph import Graph
-from .check import compare, format_table, structured, symbols
+from .check import compare, format_table, random_array, structured, symbols
 
 RTOL = {"f64": 1e-10, "f32": 1e-5, "f16": 1e-3, "bf16": 1e-2, "c64": 1e-5, "c128": 1e-10}
 
@@ -42,25 +42,10 @@ def _host(x) -> np.ndarray:
 def random_inputs(graph: Graph, size: int, seed: int = 0) -> list:
     """Random flat inputs, every symbolic dim at ``size``; PRNG key inputs get real keys."""
     from ..frontend._jax_compat import eval_dim
-    from ..ir.types import to_dtype
     rng = np.random.default_rng(seed)
     env = {s: size for s in symbols(graph)}
-    out = []
-    for v in graph.inputs:
-        shape = tuple(d if isinstance(d, int) else int(eval_dim(d, dict(env))) for d in v.type.shape)
-        if v.type.dtype.startswith("key<"):
-            impl = {"fry": "threefry2x32", "rbg": "rbg", "urbg": "unsafe_rbg"}[v.type.dtype[4:-1]]
-            keys = jax.random.split(jax.random.key(seed, impl=impl), int(np.prod(shape)))
-            out.append(keys.reshape(shape))
-            continue
-        dt = to_dtype(v.type.dtype)
-        if dt == np.bool_:
-            out.append(rng.random(shape) < 0.5)
-        elif np.issubdtype(dt, np.integer):
-            out.append(rng.integers(0, 8, size=shape).astype(dt))
-        else:
-            out.append(rng.standard_normal(shape).astype(dt))
-    return out
+    return [random_array(rng, tuple(d if isinstance(d, int) else int(eval_dim(d, dict(env)))
+                                    for d in v.type.shape), v.type.dtype, seed) for v in graph.inputs]
 
 
 def _is_concrete(x) -> bool:

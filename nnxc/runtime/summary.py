@@ -33,13 +33,22 @@ def _dim(t: TensorType, i: int, dims: dict) -> int:
     return d if isinstance(d, int) else int(eval_dim(d, dict(dims)))
 
 
+def _dot_flops(node: Node, dims: dict) -> int:
+    (lhs_contract, _), _ = node.attrs["dimension_numbers"]
+    k = math.prod(_dim(node.inputs[0].type, i, dims) for i in lhs_contract)
+    return 2 * k * _size(node.outputs[0].type, dims)
+
+
 def node_flops(node: Node, dims: dict) -> int:
     """Floating-point operations of one node (multiply-add = 2), regions included."""
     op = node.op
+    if op == "nnxc.attention":  # q @ k^T and p @ v: 2 * (B*T*N*H*S) each
+        q, k = node.inputs[0].type, node.inputs[1].type
+        return 4 * _size(q, dims) * _dim(k, 1, dims)
+    if op == "nnxc.linear":
+        return _dot_flops(node, dims) + _size(node.outputs[0].type, dims)
     if op == "dot_general":
-        (lhs_contract, _), _ = node.attrs["dimension_numbers"]
-        k = math.prod(_dim(node.inputs[0].type, i, dims) for i in lhs_contract)
-        return 2 * k * _size(node.outputs[0].type, dims)
+        return _dot_flops(node, dims)
     if op == "conv_general_dilated":
         rhs = node.inputs[1].type
         spec = node.attrs["dimension_numbers"].get("rhs_spec")

@@ -89,7 +89,8 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     ``opset``: default the newest one the installed onnxruntime runs. ``external_data``:
     None writes weights to ``<model>.data`` beside the model only when they pass 2 GB; True
     always does; a file name picks that name; False never does. ``check`` runs
-    ``onnx.checker.check_model(full_check=True)``.
+    ``onnx.checker.check_model(full_check=True)`` (strict shape inference included) on the
+    graph with its weights declared as typed inputs, before the weights are added.
     """
     opset = resolve_opset(opset)
     if external_data and path is None:

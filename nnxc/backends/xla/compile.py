@@ -144,6 +144,14 @@ class Compiled:
             cost = cost[0] if cost else {}
         return dict(cost or {})
 
+    def memory_analysis(self, *arg_structs) -> dict:
+        """Argument, output, temporary and code sizes in bytes of the compiled executable."""
+        structs = list(arg_structs) or self._arg_structs(self._example_dims())
+        stats = self._executable(structs).memory_analysis()
+        names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                 "alias_size_in_bytes", "generated_code_size_in_bytes")
+        return {n: int(getattr(stats, n)) for n in names if hasattr(stats, n)}
+
     def _example_dims(self) -> dict:
         """Symbolic dims at size 1, for dumps of graphs with symbolic inputs."""
         import re
