@@ -113,7 +113,8 @@ def cmd_check(args) -> int:
 
 def _crosscheck(graph, stages, args, backends, opset=None):
     from ..runtime.crosscheck import crosscheck
-    with stages.stage("check", " vs ".join(backends)):
+    what = {"jax": "the model's jax.jit", "xla": "XLA compile", "onnx": "onnxruntime"}
+    with stages.stage("check", ", ".join(what[b] for b in backends)):
         report = crosscheck(graph, backends=backends, rtol=args.rtol, atol=args.atol,
                             sizes=_sizes(args.sizes), opset=opset)
     return report
@@ -123,10 +124,17 @@ def cmd_export(args) -> int:
     from .._files import atomic_write
     from ..backends.onnx import export_onnx
     stages = Stages(args.quiet)
-    graph = optimize_graph(args, trace_model(args, stages), stages)
+    graph = trace_model(args, stages)
     if args.dump_ir:
         with stages.stage("dump IR", args.dump_ir):
             atomic_write(args.dump_ir, graph.text())
+    optimized = optimize_graph(args, graph, stages)
+    if args.dump_ir and optimized is not graph:
+        stem, ext = os.path.splitext(args.dump_ir)
+        after = f"{stem}.{args.passes or 'default'}{ext or '.ir'}"
+        with stages.stage("dump IR", after):
+            atomic_write(after, optimized.text())
+    graph = optimized
     with stages.stage("lower", f"ONNX -> {args.output}"):
         model = export_onnx(graph, args.output, opset=args.opset,
                             external_data=True if args.external_data else None,
