@@ -188,3 +188,14 @@ def test_a_training_step_compiles_to_one_graph_and_matches_nnx_jit():
     for a, b in zip(jax.tree_util.tree_leaves(nnx.state((model, opt))),
                     jax.tree_util.tree_leaves(nnx.state((ref_model, ref_opt)))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_int64_inputs_take_jax_canonical_type_and_scatter_sub_works():
+    def f(x, i):
+        return x.at[i].subtract(1.0), i * 2
+    g = nnxc.trace(f, "f32[4]", np.zeros((2,), np.int64))
+    nnxc.ir.verify(g)
+    assert str(g.inputs[1].type) == str(g.outputs[1].type) == "i32[2]"  # x64 is off
+    x, i = np.arange(4, dtype=np.float32), np.array([1, 3], np.int64)
+    for a, b in zip(nnxc.compile(g)(x, i), jax.jit(f)(x, i)):
+        np.testing.assert_array_equal(a, b)

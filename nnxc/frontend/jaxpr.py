@@ -21,6 +21,7 @@ DROPPED = {"scan": {"linear", "_split_transpose", "jaxpr"},
            "while": {"cond_jaxpr", "body_jaxpr"}, "cond": {"branches"},
            "scatter-add": {"update_jaxpr", "update_consts"},
            "scatter-mul": {"update_jaxpr", "update_consts"},
+           "scatter-sub": {"update_jaxpr", "update_consts"},
            "scatter-min": {"update_jaxpr", "update_consts"},
            "scatter-max": {"update_jaxpr", "update_consts"},
            "scatter": {"update_jaxpr", "update_consts"}}

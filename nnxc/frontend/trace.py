@@ -86,10 +86,12 @@ def _build(name: str, fn: Callable, var_structs: list, variables: list[Variable]
     """make_jaxpr ``fn(var_leaves, *args) -> (out, new_var_leaves)`` and convert it."""
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(var_structs, *abstract)
     graph = Graph(name)
-    graph.meta["reference"] = _reference(fn, [v.data for v in variables], len(jax.tree_util.tree_leaves(abstract)))
+    graph.meta["reference"] = _reference(fn, [v.data for v in variables])
     graph.variables = variables
     graph.inputs, graph.in_tree = _flat_inputs(abstract, arg_names)
     in_values = [v.value for v in variables] + graph.inputs
+    for v, var in zip(in_values, closed.jaxpr.invars):  # JAX's canonical types (i64 -> i32 without x64)
+        v.type = TensorType.of(var.aval)
     outs = jaxpr_to_graph(closed, graph, in_values)
     out_shape, new_var_shapes = shapes
     n_out = len(jax.tree_util.tree_leaves(out_shape))
@@ -107,7 +109,7 @@ def _build(name: str, fn: Callable, var_structs: list, variables: list[Variable]
     return graph
 
 
-def _reference(fn: Callable, var_data: list, n_args: int) -> Callable:
+def _reference(fn: Callable, var_data: list) -> Callable:
     """The model's own computation, jitted: ``reference(*args) -> outputs`` at the traced state.
 
     Used as the exact reference for the XLA and ONNX paths (``nnxc check``, ``crosscheck``).

@@ -105,7 +105,7 @@ def _cond(node: Node, ins: list, env: dict) -> list:
     return outs or []
 
 
-@shape_rule("scatter", "scatter-add", "scatter-mul", "scatter-min", "scatter-max")
+@shape_rule("scatter", "scatter-add", "scatter-sub", "scatter-mul", "scatter-min", "scatter-max")
 def _scatter(node: Node, ins: list, env: dict) -> list:
     # JAX's rule wants the combiner jaxpr, which the IR leaves out: the result is the operand's type
     operand, _, updates = ins

@@ -85,6 +85,8 @@ class Compiled:
         for v, x in zip(g.inputs, leaves):
             x = x if isinstance(x, jax.Array) else np.asarray(x)
             want = to_dtype(v.type.dtype)
+            if x.dtype != want and jax.dtypes.canonicalize_dtype(x.dtype) == want:
+                x = np.asarray(x, dtype=want)  # e.g. int64 data when JAX runs without x64
             if x.dtype != want:
                 raise NnxcError(f"argument {v.name}: dtype {x.dtype}, expected {v.type}")
             if len(x.shape) != v.type.rank or any(

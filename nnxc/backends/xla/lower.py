@@ -135,7 +135,8 @@ def _cond(node, args, dims):
 
 # -- ops whose JAX params include functions the IR does not keep ------------------
 
-_SCATTERS = {"scatter": lax.scatter, "scatter-add": lax.scatter_add, "scatter-mul": lax.scatter_mul,
+_SCATTERS = {"scatter": lax.scatter, "scatter-add": lax.scatter_add, "scatter-sub": lax.scatter_sub,
+             "scatter-mul": lax.scatter_mul,
              "scatter-min": lax.scatter_min, "scatter-max": lax.scatter_max}
 
 
