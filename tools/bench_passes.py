@@ -85,7 +85,7 @@ def scaling(args) -> None:
             for s in stats:
                 print(f"{'':>14}{s.name:<22}{s.seconds * 1e3:8.2f} ms  {s.seconds / n * 1e6:6.2f} us/node")
     if len(rows) > 1:
-        (d0, n0, t0), (d1, n1, t1) = rows[0], rows[-1]
+        (_, n0, t0), (_, n1, t1) = rows[0], rows[-1]
         print(f"time grows {t1 / t0:.1f}x for {n1 / n0:.1f}x the nodes "
               f"(per node: {t0 / n0 * 1e6:.1f} -> {t1 / n1 * 1e6:.1f} us)")
 

@@ -1,12 +1,14 @@
 """The verifier: SSA order, types (every op's shape rule), region signatures, updates.
 
 ``verify(graph)`` raises VerifyError naming the offending node (op, module path, source
-line) with the text of the node; run it between passes.
+line) with the text of the node; run it between passes. Shape rules are pure functions of
+a node's signature (op, attributes, input/output/region types), so each signature is
+checked once per process: layers repeat, and a 32-layer model costs about what one does.
 """
 from __future__ import annotations
 
 from ..errors import VerifyError
-from .attrs import check_attr
+from .attrs import check_attr, format_attr
 from .graph import Graph, Node, Region, Value
 from .ops import ShapeError, infer
 
@@ -17,6 +19,17 @@ def _describe(node: Node, problem: str) -> str:
     ins = ", ".join(str(v.type) for v in node.inputs)
     outs = ", ".join(str(v.type) for v in node.outputs)
     return f"{node.op}{where}{loc}: {problem}\n  node: ({outs}) = {node.op}({ins}) {node.attrs}"
+
+
+_CHECKED: set = set()  # signatures whose types are known to be right
+_LIMIT = 200_000
+
+
+def _signature(node: Node) -> tuple:
+    return (node.op, tuple((k, format_attr(a)) for k, a in node.attrs.items()),
+            tuple(v.type for v in node.inputs), tuple(v.type for v in node.outputs),
+            tuple((tuple(a.type for a in r.args), tuple(v.type for v in r.results))
+                  for r in node.regions))
 
 
 def verify(graph: Graph, check_types: bool = True) -> None:
@@ -70,7 +83,8 @@ def _block(nodes: list[Node], defined: set, env: dict, check_types: bool) -> Non
                 check_attr(a)
             except TypeError as e:
                 raise VerifyError(_describe(node, f"attribute {k}: {e}")) from None
-        if check_types:  # the node's own rule first: it checks region signatures
+        sig = _signature(node) if check_types else None
+        if check_types and sig not in _CHECKED:  # the node's own rule first: it checks regions
             try:
                 want = infer(node, [v.type for v in node.inputs], env)
             except ShapeError as e:
@@ -80,6 +94,9 @@ def _block(nodes: list[Node], defined: set, env: dict, check_types: bool) -> Non
                 raise VerifyError(_describe(node, "output types (" + ", ".join(map(str, got))
                                             + ") but the op's rule gives ("
                                             + ", ".join(map(str, want)) + ")"))
+            if len(_CHECKED) > _LIMIT:
+                _CHECKED.clear()
+            _CHECKED.add(sig)
         for region in node.regions:
             _region(node, region, defined, env, check_types)
         for v in node.outputs:

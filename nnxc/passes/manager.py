@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import NnxcError, VerifyError
 from ..ir.graph import Graph
 from . import report
-from .checked import verify_fast
+from ..ir.verify import verify as verify_ir
 from .report import PassError, PassStat, Stats
 from .rewrite import Rebuild
 
@@ -66,7 +66,7 @@ def optimize(graph: Graph, pipeline="default", freeze=None, prune=None, verify: 
         _write(dump / "00-input.ir", graph)
     if verify:
         try:
-            verify_fast(graph)
+            verify_ir(graph)
         except VerifyError as e:
             raise PassError(f"the input graph is invalid (before any pass): {e}") from e
     record, done, g = Stats(), [], graph
@@ -96,7 +96,7 @@ def _one(i, name, fn, g, verify, show, dump, record, done) -> Graph:
     seconds, changed = time.perf_counter() - t0, out is not g
     if verify and changed:
         try:
-            verify_fast(out)
+            verify_ir(out)
         except VerifyError as e:
             if dump is not None:
                 _write(dump / f"{i:02d}-{name}.invalid.ir", out)

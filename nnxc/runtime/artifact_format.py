@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import struct
 from typing import Callable
 
+from .._files import atomic_write
 from ..errors import NnxcError
 
 MAGIC = b"\x89NNXC\r\n\x1a"
@@ -66,20 +66,7 @@ def pack(manifest: dict, sections: dict[str, bytes]) -> tuple[bytes, dict]:
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 def read(path: str | os.PathLike) -> tuple[dict, dict[str, memoryview]]:
