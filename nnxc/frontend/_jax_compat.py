@@ -303,11 +303,15 @@ def user_frame(source_info) -> str | None:
     if tb is None:
         return None
     for fr in tb.frames:
-        name = fr.file_name
-        if name.startswith(_LIB_DIRS) or _SKIP.search(name):
+        if _is_library(fr.file_name):
             continue
-        return f"{_short_path(name)}:{fr.line_num}"
+        return f"{_short_path(fr.file_name)}:{fr.line_num}"
     return None
+
+
+@functools.cache
+def _is_library(name: str) -> bool:
+    return name.startswith(_LIB_DIRS) or _SKIP.search(name) is not None
 
 
 @functools.cache

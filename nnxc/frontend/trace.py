@@ -14,6 +14,7 @@ import jax
 from flax import linen as nn
 from flax import nnx
 
+from .._gc import gc_paused
 from ..errors import NnxcError
 from ..ir.graph import Graph, Value, Variable
 from ..ir.types import TensorType
@@ -34,6 +35,11 @@ def trace(obj, *args, method: str | None = None, variables=None, mutable=False, 
     from ``rngs=``); or a callable. ``args``: arrays, ShapeDtypeStructs or spec strings
     such as ``"f32[B,784]"``. Other keywords are passed to the call as static values.
     """
+    with gc_paused():
+        return _trace(obj, args, method, variables, mutable, rngs, name, kwargs)
+
+
+def _trace(obj, args, method, variables, mutable, rngs, name, kwargs) -> Graph:
     abstract = abstract_args([a for a in args if not _is_node(a)])
     if isinstance(obj, nnx.Module):
         return _trace_nnx(obj, abstract, kwargs, method or "__call__", name)

@@ -24,6 +24,22 @@ _SYM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def dtype_name(dtype) -> str:
     """Short IR name of a numpy / JAX dtype (``float32`` -> ``f32``, keys -> ``key<fry>``)."""
+    try:
+        return _NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
+    name = _dtype_name(dtype)
+    try:
+        _NAMES[dtype] = name
+    except TypeError:  # unhashable
+        pass
+    return name
+
+
+_NAMES: dict = {}
+
+
+def _dtype_name(dtype) -> str:
     text = str(dtype)
     if text.startswith("key<"):
         return text

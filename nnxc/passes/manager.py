@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import sys
 import time
 from pathlib import Path
 
+from .._gc import gc_paused
 from ..errors import NnxcError, VerifyError
 from ..ir.graph import Graph
 from . import report
@@ -70,14 +70,9 @@ def optimize(graph: Graph, pipeline="default", freeze=None, prune=None, verify: 
         except VerifyError as e:
             raise PassError(f"the input graph is invalid (before any pass): {e}") from e
     record, done, g = Stats(), [], graph
-    gc_on = gc.isenabled()
-    gc.disable()  # passes allocate many small objects: each full collection would cost O(heap)
-    try:
+    with gc_paused():
         for i, (name, fn) in enumerate(passes, 1):
             g = _one(i, name, fn, g, verify, show, dump, record, done)
-    finally:
-        if gc_on:
-            gc.enable()
     if g is graph:  # nothing changed: the caller still gets a graph of its own
         g = Rebuild(graph).run()
     g.meta["passes"] = tuple(done)
