@@ -69,3 +69,11 @@ def test_summary_charges_a_scanned_stack_to_its_module():
     per_block = unrolled["blocks.0"]["flops"]
     assert rows["blocks"]["flops"] >= 4 * per_block  # depth 4, one scan
     assert jnp.isfinite(rows["blocks"]["flops"])
+
+
+def test_summary_names_module_classes_for_nnx_and_linen():
+    rows = {r["module"]: r["class"] for r in module_table(zoo.trace("gpt", zoo.make("gpt")), depth=2)}
+    assert rows["blocks.0.attn"] == "MultiHeadAttention" and rows["head"] == "Linear"
+    linen = zoo.make("linen_cnn")
+    rows = {r["module"]: r["class"] for r in module_table(zoo.trace("linen_cnn", linen))}
+    assert rows["Conv_0"] == "Conv" and rows["BatchNorm_0"] == "BatchNorm"

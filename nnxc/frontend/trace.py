@@ -187,11 +187,14 @@ def _scoped_class(cls: type, path: str) -> type:
     return type(cls)(cls.__name__, (cls,), body)
 
 
-def _scope_modules(root, prefix: str) -> None:
+def _scope_modules(root, prefix: str, classes: dict) -> None:
+    """Switch every submodule to its scoped class; note each path's class name in ``classes``."""
     for path, node in nnx.iter_graph(root):
         full = _join([prefix, *path] if prefix else path)
         if isinstance(node, nnx.Module) and full:
-            node.__class__ = _scoped_class(type(node), full)
+            cls = type(node)
+            classes.setdefault(full, cls.__name__)
+            node.__class__ = _scoped_class(cls, full)
 
 
 def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | None) -> Graph:
@@ -230,6 +233,7 @@ def _trace_stateful(name: str, call: Callable, nodes: tuple, prefixes: list[str]
                           _variable_meta(var), leaf) for path, var, leaf in leaves]
     structs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, _, leaf in leaves]
     new_paths = []  # filled while tracing: the state after the call may have new variables
+    classes: dict[str, str] = {}  # module path -> class name, filled while tracing
 
     def out_names(_):
         return [(path, type(var).__name__) for path, var, _ in new_paths[0]]
@@ -237,7 +241,7 @@ def _trace_stateful(name: str, call: Callable, nodes: tuple, prefixes: list[str]
     def traced(var_leaves, *args):
         merged = nnx.merge(graphdef, jax.tree_util.tree_unflatten(state_tree, var_leaves))
         for node, prefix in zip(merged, prefixes):
-            _scope_modules(node, prefix)
+            _scope_modules(node, prefix, classes)
         out = call(merged, *args)
         new_state = nnx.state(merged)
         if not new_paths:  # names are needed once; the structure is the same every call
@@ -245,16 +249,17 @@ def _trace_stateful(name: str, call: Callable, nodes: tuple, prefixes: list[str]
         return out, jax.tree_util.tree_leaves(new_state)
 
     graph = _build(name, traced, structs, variables, abstract, arg_names, out_names)
-    graph.meta.update(graphdef=graphdef, state_tree=state_tree)
+    graph.meta.update(graphdef=graphdef, state_tree=state_tree, module_types=dict(classes))
     return graph
 
 
 # -- Linen -----------------------------------------------------------------------
 
-def _linen_interceptor(next_fun, args, kwargs, context):
+def _linen_interceptor(classes: dict, next_fun, args, kwargs, context):
     path = context.module.path
     if not path:
         return next_fun(*args, **kwargs)
+    classes.setdefault(_join(path), type(context.module).__name__)
     with jc.named_scope(_join(path)):
         return next_fun(*args, **kwargs)
 
@@ -292,12 +297,14 @@ def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, nam
     path_of = {(k, _join([_key_name(x) for x in kp[2:]])): p
                for (kp, _), p, k in zip(flat, paths, kinds) if k != "RngKey"}
 
+    classes: dict[str, str] = {}  # module path -> class name, filled while tracing
+
     def traced(var_leaves, *args):
         ins = jax.tree_util.tree_unflatten(tree, var_leaves)
         call_kwargs = dict(kwargs)
         if method:
             call_kwargs["method"] = method
-        with nn.intercept_methods(_linen_interceptor):
+        with nn.intercept_methods(functools.partial(_linen_interceptor, classes)):
             res = module.apply(ins["variables"], *args, rngs=ins["rngs"] or None,
                                mutable=mutable, **call_kwargs)
         if mutable is False:
@@ -314,7 +321,7 @@ def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, nam
 
     graph = _build(type(module).__name__ if name is None else name, traced, structs,
                    variables_ir, abstract, _arg_names(module.__call__, len(abstract)), out_names)
-    graph.meta.update(frontend="linen", kwargs=dict(kwargs), mutable=mutable)
+    graph.meta.update(frontend="linen", kwargs=dict(kwargs), mutable=mutable, module_types=dict(classes))
     return graph
 
 

@@ -113,17 +113,19 @@ def module_table(graph: Graph, dims: dict | None = None, depth: int = 1) -> list
                 row["flops"] += times * node_flops(node, dims)
 
     visit(graph.nodes, 1)
+    classes = graph.meta.get("module_types") or {}
     out = []
     for path in sorted(rows):
         r = rows[path]
-        out.append({"module": path, "params": dict(r["params"]), "bytes": dict(r["bytes"]),
+        out.append({"module": path, "class": classes.get(path, ""),
+                    "params": dict(r["params"]), "bytes": dict(r["bytes"]),
                     "flops": r["flops"], "nodes": r["nodes"],
                     "top_ops": [op for op, _ in r["ops"].most_common(3)]})
     return out
 
 
 def format_module_table(rows: list[dict]) -> str:
-    head = f"{'module':<24} {'params':>10} {'bytes':>10} {'FLOPs':>12} {'nodes':>6}  top ops"
+    head = f"{'module':<36} {'params':>10} {'bytes':>10} {'FLOPs':>12} {'nodes':>6}  top ops"
     lines = [head, "-" * len(head)]
     total = {"params": 0, "bytes": 0, "flops": 0, "nodes": 0}
     for r in rows:
@@ -132,10 +134,11 @@ def format_module_table(rows: list[dict]) -> str:
         total["bytes"] += b
         total["flops"] += r["flops"]
         total["nodes"] += r["nodes"]
-        lines.append(f"{r['module']:<24} {p:>10,} {_bytes(b):>10} {r['flops']:>12,} {r['nodes']:>6}  "
+        name = f"{r['module']} ({r['class']})" if r.get("class") else r["module"]
+        lines.append(f"{name:<36} {p:>10,} {_bytes(b):>10} {r['flops']:>12,} {r['nodes']:>6}  "
                      + ", ".join(r["top_ops"]))
     lines.append("-" * len(head))
-    lines.append(f"{'total':<24} {total['params']:>10,} {_bytes(total['bytes']):>10} "
+    lines.append(f"{'total':<36} {total['params']:>10,} {_bytes(total['bytes']):>10} "
                  f"{total['flops']:>12,} {total['nodes']:>6}")
     return "\n".join(lines)
 
