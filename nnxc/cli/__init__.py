@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="trace, compile and compare with the model's own output")
     _model_args(p)
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-6)
+    p.add_argument("--rtol", type=float, help="relative tolerance (default by dtype: f32 1e-5)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default: rtol x output scale)")
     p.add_argument("--sizes", default="1,3", help="sizes for symbolic dims (default 1,3)")
     p.add_argument("--no-onnx", action="store_true", help="compare XLA only")
     _pass_args(p)
