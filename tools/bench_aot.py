@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import nnxc  # noqa: E402
+from nnxc.runtime.bench import median_time  # noqa: E402
 
 
 # -- models ------------------------------------------------------------------------
@@ -66,15 +67,6 @@ def pure_fn(model):
     graphdef, state = nnx.split(model)
     leaves, tree = jax.tree_util.tree_flatten(state)
     return (lambda s, x: nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, s))(x)), leaves
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # -- measurements ----------------------------------------------------------------------

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
@@ -20,16 +18,8 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import nnxc  # noqa: E402
+from nnxc.runtime.bench import median_time  # noqa: E402
 from gpt import gpt  # noqa: E402
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

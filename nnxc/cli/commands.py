@@ -184,12 +184,12 @@ def cmd_compile(args) -> int:
 
 def cmd_run(args) -> int:
     import statistics
-    import time
 
     import jax
     import numpy as np
 
     from ..runtime.artifact import load
+    from ..runtime.bench import timings
     if not os.path.isfile(args.artifact):
         raise SpecError(f"artifact not found: {args.artifact}")
     stages = Stages(args.quiet)
@@ -202,11 +202,7 @@ def cmd_run(args) -> int:
         inputs = _file_inputs(specs, args.inputs)
     with stages.stage("run", "first call (compiles for these shapes)"):
         out = jax.block_until_ready(art(*inputs))
-    times = []
-    for _ in range(max(args.repeat, 0)):
-        t0 = time.perf_counter()
-        jax.block_until_ready(art.apply(art.state, *inputs))
-        times.append(time.perf_counter() - t0)
+    times = timings(lambda: jax.block_until_ready(art.apply(art.state, *inputs)), max(args.repeat, 0))
     leaves = jax.tree_util.tree_flatten_with_path(out)[0]
     for path, x in leaves:
         print(f"{jax.tree_util.keystr(path) or 'out':<24} {str(np.asarray(x).dtype):>8} {tuple(np.shape(x))}")
