@@ -222,12 +222,6 @@ def eval_dim(expr: str, env: dict) -> Any:
     return out
 
 
-def symbolic_shapes(specs: list[str]) -> list[tuple]:
-    """Shapes with symbolic dims from dim strings, sharing one symbolic scope."""
-    scope = jax.export.SymbolicScope()
-    return [jax.export.symbolic_shape(s, scope=scope) if s else () for s in specs]
-
-
 # -- binding ---------------------------------------------------------------------
 
 _implicit: dict[str, dict[str, Any]] = {}
