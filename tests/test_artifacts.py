@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -413,3 +414,78 @@ def test_save_with_passes(tmp_path):
     got = art(x)
     for g, w in zip(_leaves(got), _leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# -- memory-lean loading ---------------------------------------------------------------
+
+def test_load_unmaps_the_file(small):
+    art = nnxc.load(small)
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as f:
+            assert str(small) not in f.read()
+    assert all(isinstance(x, jax.Array) for x in art.state.values())
+
+
+def test_bad_weights_header_is_rejected(small):
+    """A safetensors header that does not parse, behind valid hashes, fails cleanly."""
+    manifest, sections = fmt.read(small)
+    for key in ("format_version", "sections", "payload"):
+        manifest.pop(key)
+    weights = bytearray(sections["weights"])
+    for bad in (weights[:4], struct.pack("<Q", len(weights)) + weights[8:],
+                weights[:8] + b"[" + weights[9:]):
+        data, _ = fmt.pack(manifest, {"exported": sections["exported"], "weights": bytes(bad)})
+        small.write_bytes(data)
+        with pytest.raises(nnxc.NnxcError, match="cannot read the weights"):
+            nnxc.load(small)
+
+
+_BIG_MODEL = """
+import sys, jax.numpy as jnp
+from flax import nnx
+import nnxc
+
+class Big(nnx.Module):  # 252 MB of f32, 151 MB of bf16, a dropout key
+    def __init__(self, rngs):
+        self.a = nnx.Linear(6144, 10240, rngs=rngs)
+        self.b = nnx.Linear(6144, 12288, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=nnx.Rngs(dropout=1))
+
+    def __call__(self, x):
+        return self.drop(self.a(x)).sum() + self.b(x.astype(jnp.bfloat16)).sum()
+
+nnxc.save(nnxc.trace(Big(nnx.Rngs(0)), "f32[B,6144]"), sys.argv[1])
+"""
+
+_MEASURE_LOAD = """
+import resource, sys
+import jax, numpy as np
+import nnxc
+jax.device_put(np.ones(4)).block_until_ready()  # the CPU client exists before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+art = nnxc.load(sys.argv[1])
+jax.block_until_ready(list(art.state.values()))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = [jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        for x in art.state.values()]
+print((after - before) * 1024, sum(x.nbytes for x in data))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="ru_maxrss in KiB: Linux")
+def test_load_peak_memory_is_about_the_weights(tmp_path):
+    """Loading a ~400 MB artifact grows the peak RSS by about the weights' size, not several
+    times it: the file is mapped, hashed in chunks and copied once into the arrays."""
+    import subprocess
+    import sys
+    path = tmp_path / "big.nnxc"
+    root = os.path.dirname(os.path.dirname(nnxc.__file__))  # the nnxc this test imported
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    run = functools.partial(subprocess.run, check=True, env=env, cwd=tmp_path,
+                            capture_output=True, text=True)
+    run([sys.executable, "-c", _BIG_MODEL, str(path)])
+    out = run([sys.executable, "-c", _MEASURE_LOAD, str(path)]).stdout
+    growth, weights = map(int, out.split()[-2:])
+    assert weights > 390e6
+    assert growth < 2.2 * weights, f"peak RSS grew {growth / 1e6:.0f} MB for {weights / 1e6:.0f} MB"

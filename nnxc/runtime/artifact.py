@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import os
 import re
 from typing import Any
@@ -256,15 +257,19 @@ def _leaf_names(obj) -> list[str]:
 # -- loading -----------------------------------------------------------------------
 
 def load(path: str | os.PathLike) -> "Artifact":
-    """Read and verify an artifact; the result runs it on the current platform."""
-    manifest, sections = fmt.read(path)
-    try:
-        return Artifact(manifest, sections)
-    except ArtifactError as e:
-        raise ArtifactError(f"{os.fspath(path)}: {e}") from None
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ArtifactError(f"{os.fspath(path)}: malformed manifest "
-                            f"({type(e).__name__}: {e})") from None
+    """Read and verify an artifact; the result runs it on the current platform.
+
+    The file is memory-mapped and read in place: the weights are copied once, into the
+    JAX arrays of ``Artifact.state``, and the mapping is closed before returning.
+    """
+    with fmt.mapped(path) as art:
+        try:
+            return Artifact(art.manifest, art.sections, art.release)
+        except ArtifactError as e:
+            raise ArtifactError(f"{os.fspath(path)}: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ArtifactError(f"{os.fspath(path)}: malformed manifest "
+                                f"({type(e).__name__}: {e})") from None
 
 
 class Artifact:
@@ -275,9 +280,11 @@ class Artifact:
     Inputs are checked against the manifest; one executable is compiled per input shape.
     """
 
-    def __init__(self, manifest: dict, sections: dict):
+    def __init__(self, manifest: dict, sections: dict, release=None):
+        """``sections``: name -> bytes-like; ``release(name, start, end)``, if given, is
+        told which byte ranges of a section have been read (see ``artifact_format.mapped``)."""
         self.manifest = manifest
-        try:
+        try:  # a copy: jax's deserialize can leave references to its input in a cycle
             self.exported = jax.export.deserialize(bytearray(sections["exported"]))
         except Exception as e:  # noqa: BLE001 - flatbuffer / version errors
             raise ArtifactError(f"cannot deserialize the exported function: {e}") from None
@@ -294,7 +301,9 @@ class Artifact:
                                 f"{len(self._var_paths)} variables, {len(self._inputs)} "
                                 f"inputs, {len(manifest['outputs'])} outputs and "
                                 f"{len(self._returned)} updated variables")
-        self.state = _read_weights(sections["weights"], manifest, variables)
+        self.state = _read_weights(
+            sections["weights"], manifest, variables,
+            None if release is None else functools.partial(release, "weights"))
         self._var_structs = [jax.ShapeDtypeStruct(self.state[p].shape, self.state[p].dtype)
                              for p in self._var_paths]
         in_obj = rebuild(manifest["input_tree"], list(range(len(self._inputs))))
@@ -433,12 +442,60 @@ def _type_text(dtype) -> str:
         return str(dtype)
 
 
-def _read_weights(section, manifest: dict, variables: list) -> dict:
-    from safetensors import deserialize
+def _safetensors_index(data: memoryview) -> tuple[dict, int]:
+    """(tensor name -> header entry, offset of the data) of safetensors bytes: an 8-byte
+    little-endian header length, the JSON header, then the tensors' bytes."""
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header length {n} exceeds the {len(data)}-byte section")
+    header = json.loads(bytes(data[8:8 + n]))
+    if not isinstance(header, dict):
+        raise ValueError(f"header is a JSON {type(header).__name__}, expected an object")
+    size = len(data) - 8 - n
+    tensors = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = t["data_offsets"]
+        shape = t["shape"]
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= size
+                and isinstance(shape, list) and all(isinstance(d, int) and d >= 0
+                                                    for d in shape)):
+            raise ValueError(f"invalid entry for tensor {name!r}: {t}")
+        tensors[name] = t
+    return tensors, 8 + n
+
+
+_ALIGN = 64  # XLA's CPU client uses host buffers this aligned in place, others it copies
+_CHUNK = 1 << 24
+
+
+def _copy_out(data: memoryview, begin: int, end: int, release=None) -> np.ndarray:
+    """A copy of ``data[begin:end]`` as a fresh, aligned uint8 array, made chunk by chunk,
+    each chunk passed to ``release`` once copied."""
+    n = end - begin
+    buf = np.empty(n + _ALIGN, np.uint8)
+    k = -buf.ctypes.data % _ALIGN
+    out = buf[k:k + n]
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        out[a:b] = np.frombuffer(data[begin + a:begin + b], np.uint8)
+        if release is not None:
+            release(begin + a, begin + b)
+    return out
+
+
+def _read_weights(section, manifest: dict, variables: list, release=None) -> dict:
+    """The variables' values from the safetensors ``section``, each copied once from it into
+    an array that becomes (on CPU, without another copy) the JAX array's buffer;
+    ``release(start, end)`` is told each byte range of the section once it is copied."""
+    data = memoryview(section)
     try:
-        tensors = dict(deserialize(bytes(section)))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
-        raise ArtifactError(f"cannot read the weights: {e}") from None
+        tensors, base = _safetensors_index(data)
+    except Exception as e:  # noqa: BLE001 - JSON, type and value errors of a bad header
+        raise ArtifactError(f"cannot read the weights: {type(e).__name__}: {e}") from None
     specs = manifest["weights"]
     state = {}
     for var in variables:
@@ -449,17 +506,18 @@ def _read_weights(section, manifest: dict, variables: list) -> dict:
         if spec is None or t is None:
             raise ArtifactError(f"the weights have no tensor for variable {path!r}")
         dtype, shape = to_dtype(spec["dtype"]), tuple(spec["shape"])
-        if len(t["data"]) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)) \
+        begin, end = (base + o for o in t["data_offsets"])
+        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)) \
                 or tuple(t["shape"]) != shape:
             raise ArtifactError(f"weight {path!r}: stored as {t['dtype']}{t['shape']}, "
                                 f"the manifest says {spec['dtype']}{list(shape)}")
-        a = np.frombuffer(t["data"], dtype).reshape(shape)
+        x = jax.device_put(_copy_out(data, begin, end, release).view(dtype).reshape(shape),
+                           may_alias=True)
         if var["dtype"].startswith("key<"):
-            x = jax.random.wrap_key_data(a, impl=_KEY_IMPLS[var["dtype"][4:-1]])
-        else:
-            x = jax.device_put(a)
+            x = jax.random.wrap_key_data(x, impl=_KEY_IMPLS[var["dtype"][4:-1]])
         if list(x.shape) != var["shape"] or _type_text(x.dtype) != var["dtype"]:
             raise ArtifactError(f"weight {path!r} is {_type_text(x.dtype)}{list(x.shape)}, "
                                 f"variable is {var['dtype']}{var['shape']}")
         state[path] = x
+    jax.block_until_ready(list(state.values()))  # copies done: the section may be unmapped
     return state

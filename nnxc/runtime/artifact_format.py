@@ -21,6 +21,8 @@ the payload by its sha256 in the manifest.
 Readers are looked up by version in ``READERS``; a format change bumps FORMAT_VERSION and
 keeps the reader of every older version, and tools/make_golden_artifact.py adds a golden
 file for the new version to tests/golden_artifacts (the old goldens stay and must load).
+``mapped`` reads a file through a read-only memory map, hashing it in chunks, so loading
+needs no copy of the file in memory; ``read`` returns copies of the sections.
 The ``exported`` section is ``jax.export`` serialization, readable under jax's own
 compatibility guarantees for serialized modules.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 from typing import Callable
@@ -69,14 +72,103 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, data)
 
 
-def read(path: str | os.PathLike) -> tuple[dict, dict[str, memoryview]]:
-    """(manifest, section name -> bytes) of an artifact file, every check passed."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ArtifactError(f"cannot read artifact {path}: {e.strerror or e}") from None
+def read(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, section name -> bytes) of an artifact file, every check passed.
+
+    The sections are copies; ``mapped`` reads them in place without copying.
+    """
+    with mapped(path) as art:
+        return art.manifest, {name: bytes(view) for name, view in art.sections.items()}
+
+
+class mapped:
+    """An artifact file mapped read-only into memory and verified, as a context manager.
+
+    ``manifest`` is the manifest, ``sections`` maps section names to memoryviews of the
+    mapping (valid until ``close``). Hashes are computed chunk by chunk and the pages read
+    are dropped from the process again (``release``), so verifying a large file does not
+    make it resident. ``close`` unmaps the file unless something still references the
+    mapping (it is then unmapped when the last reference goes). The file must not be
+    truncated while mapped; nnxc itself only replaces artifacts by rename.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"cannot read artifact {path}: "
+                                f"{getattr(e, 'strerror', None) or e}") from None
+        self._view = memoryview(self._mm if self._mm is not None else b"")
+        self.sections: dict[str, memoryview] = {}
+        try:
+            self.manifest, self._layout = _verify(path, self._view, self._drop)
+        except BaseException:
+            self.close()
+            raise
+        self.sections = {name: self._view[start:start + length]
+                         for name, (start, length) in self._layout.items()}
+
+    def release(self, name: str, start: int, end: int) -> None:
+        """Drop the pages of bytes ``start:end`` of section ``name`` from this process (they
+        stay in the page cache and are read again if touched)."""
+        base, length = self._layout[name]
+        self._drop(base + max(0, start), base + min(end, length))
+
+    def _drop(self, start: int, end: int) -> None:
+        if self._mm is None or _DONTNEED is None or end <= start:
+            return
+        start -= start % mmap.PAGESIZE
+        try:
+            self._mm.madvise(_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass  # only a memory optimisation
+
+    def close(self) -> None:
+        # release the views too: a caller's frame kept by a reference cycle may hold them
+        for view in [*self.sections.values(), self._view]:
+            try:
+                view is not None and view.release()
+            except BufferError:  # an array made from it still exists
+                pass
+        self.sections, self._view = {}, None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # arrays still view the mapping: it lives as long as they do
+                pass
+            self._mm = None
+
+    def __enter__(self) -> "mapped":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
+_CHUNK = 1 << 24  # bytes hashed at a time
+
+
+def _sha256(data: memoryview, start: int, end: int, drop: Callable[[int, int], None]):
+    """sha256 of ``data[start:end]``, read in chunks whose pages are dropped once hashed."""
+    h = hashlib.sha256()
+    for a in range(start, end, _CHUNK):
+        b = min(a + _CHUNK, end)
+        h.update(data[a:b])
+        drop(a, b)
+    return h
+
+
+def _no_drop(start: int, end: int) -> None:
+    pass
+
+
+def _verify(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_drop
+            ) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """(manifest, section name -> (file offset, length)) of the artifact bytes ``data``."""
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise ArtifactError(f"{path} is not an nnxc artifact (bad magic bytes "
                             f"{bytes(data[:len(MAGIC)])!r}, expected {MAGIC!r})")
@@ -91,10 +183,11 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, memoryview]]:
         raise ArtifactError(f"{path}: artifact format version {version} is not supported by "
                             f"this nnxc (reads versions {', '.join(map(str, sorted(READERS)))}); "
                             f"{hint}")
-    return reader(path, memoryview(data))
+    return reader(path, data, drop)
 
 
-def _read_v1(path: str, data: memoryview) -> tuple[dict, dict[str, memoryview]]:
+def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_drop
+             ) -> tuple[dict, dict[str, tuple[int, int]]]:
     _, version, flags, mlen, mhash = _HEADER.unpack_from(data)
     if flags != 0:
         raise ArtifactError(f"{path}: corrupted artifact (unknown header flags {flags:#x})")
@@ -114,7 +207,8 @@ def _read_v1(path: str, data: memoryview) -> tuple[dict, dict[str, memoryview]]:
     if manifest.get("format_version") != version:
         raise ArtifactError(f"{path}: corrupted artifact (header says format version {version}, "
                             f"manifest says {manifest.get('format_version')!r})")
-    payload = data[HEADER_SIZE + mlen:]
+    base = HEADER_SIZE + mlen
+    have = len(data) - base
     try:
         want, digest = int(manifest["payload"]["length"]), str(manifest["payload"]["sha256"])
         layout = {str(k): (int(v["offset"]), int(v["length"]))
@@ -122,21 +216,23 @@ def _read_v1(path: str, data: memoryview) -> tuple[dict, dict[str, memoryview]]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ArtifactError(f"{path}: malformed manifest (no valid payload/sections entry: "
                             f"{type(e).__name__}: {e})") from None
-    if len(payload) < want:
+    if have < want:
         raise ArtifactError(f"{path}: truncated artifact (file has {len(data)} bytes, expected "
-                            f"{HEADER_SIZE + mlen + want})")
-    if len(payload) > want:
-        raise ArtifactError(f"{path}: corrupted artifact ({len(payload) - want} unexpected "
+                            f"{base + want})")
+    if have > want:
+        raise ArtifactError(f"{path}: corrupted artifact ({have - want} unexpected "
                             "trailing bytes)")
-    if hashlib.sha256(payload).hexdigest() != digest:
+    if _sha256(data, base, base + want, drop).hexdigest() != digest:
         raise ArtifactError(f"{path}: corrupted artifact (payload sha256 mismatch: the content "
                             "changed after it was written)")
     sections = {}
     for name, (start, length) in layout.items():
         if start < 0 or length < 0 or start + length > want:
             raise ArtifactError(f"{path}: corrupted artifact (section {name!r} out of bounds)")
-        sections[name] = payload[start:start + length]
+        sections[name] = (base + start, length)
     return manifest, sections
 
 
-READERS: dict[int, Callable[[str, memoryview], tuple[dict, dict[str, memoryview]]]] = {1: _read_v1}
+# version -> reader(path, file bytes, drop(start, end)) -> (manifest, name -> (offset, length));
+# ``drop`` may be called on byte ranges the reader is done with
+READERS: dict[int, Callable[..., tuple[dict, dict[str, tuple[int, int]]]]] = {1: _read_v1}
