@@ -145,6 +145,21 @@ def test_html_is_self_contained_and_linear():
     assert big < 9 * small  # grows with the nodes, not faster
 
 
+def test_html_page_data_has_module_classes():
+    from nnxc.ir.view.html import page_data
+    g = zoo.trace("gpt", zoo.make("gpt"))
+    data = page_data(g)
+    by_path = {data["DT"][int(i)]: c for i, c in data["MC"].items()}
+    assert by_path["blocks.0.attn"] == "MultiHeadAttention" and by_path["blocks.0"] == "Block"
+    assert all(data["K"][int(i)] == "m" for i in data["MC"])
+    assert "MultiHeadAttention" in to_html(g)
+    assert {r[0]: r[8] for r in data["MT"]}["blocks.0.attn"] == "MultiHeadAttention"  # module table
+    # labels stay the bare module names; a graph parsed from text has no classes and still works
+    assert "MultiHeadAttention" not in data["L"]
+    parsed = page_data(nnxc.ir.parse(g.text()))
+    assert parsed["MC"] == {} and parsed["L"] == data["L"]
+
+
 @pytest.fixture(scope="module")
 def browser():
     from chromium import Browser, find_chromium
@@ -184,8 +199,13 @@ def test_html_page_in_chromium(browser, shots, tmp_path):
     # expand a module with a real click: its children appear inside its box
     b.click_on(f'.item[data-i="{_item(b, "blocks")}"] .cl')
     assert b.eval("document.querySelectorAll('#vp .box').length") == 1
+    classes = "[...document.querySelectorAll('#vp .mc')].map(e => e.textContent)"
+    assert "Block" in b.eval(classes)  # each module's class shows next to its name
+    b.screenshot(str(shots / "1b-blocks.png"))
     b.click_on(f'.item[data-i="{_item(b, "blocks.0")}"] .cl')
-    b.click_on(f'.item[data-i="{_item(b, "attn")}"] .cl')
+    assert "MultiHeadAttention" in b.eval(classes)
+    b.click_on(f'.item[data-i="{_item(b, "attn")}"] .mc')  # the class tag expands the module too
+    assert "MultiHeadAttention" in b.eval("document.querySelector('#details').innerText")
     b.click_on(f'.item[data-i="{_item(b, "query")}"] .cl')
     # click a node: its op, attributes and source line show in the side panel
     node = _item(b, "dot_general", "node")

@@ -1,6 +1,7 @@
 """``to_html(graph)``: one self-contained HTML page to explore a graph (no network, file://).
 
 The page holds the graph as JSON (items, edges and per-box layers from ``model.py``), the
+class of each module box (``graph.meta["module_types"]``, when the frontend recorded it), the
 details of every node and variable (attributes, types, source lines, weight statistics),
 the module table of ``runtime.summary``, and inline CSS/JS (``page.css``, ``page.js``,
 ``panel.js``) that draw the visible boxes as SVG.
@@ -121,6 +122,10 @@ def page_data(graph: Graph, dims: dict | None = None) -> dict:
                 label[i] = "%" + names.names[id(obj)]
             sub[i] = str(obj.type)
             detail[i] = [("update " if k == "u" else "") + label[i], ty(sub[i])]
+    types_of = graph.meta.get("module_types")
+    types_of = types_of if isinstance(types_of, dict) else {}
+    classes = {str(i): str(types_of[m.path[i]]) for i in range(n)
+               if m.kind[i] == "m" and types_of.get(m.path[i])}
     edges: list[int] = []
     for s, d, v in m.edges:
         edges += [s, d, ty(str(v.type))]
@@ -137,7 +142,7 @@ def page_data(graph: Graph, dims: dict | None = None) -> dict:
         "K": "".join("R" if k == "root" else k for k in m.kind), "P": m.parent, "L": label, "T": sub, "F": fam,
         "C": m.children, "Y": m.layer, "H": m.chips, "N": nops, "PA": params, "FL": flops,
         "MX": [None if x is None else [[FAMILIES.index(f), c] for f, c in sorted(x.items())] for x in mix],
-        "E": edges, "TY": list(types), "DT": detail, "V": variables, "CN": consts,
+        "E": edges, "TY": list(types), "DT": detail, "MC": classes, "V": variables, "CN": consts,
         "MT": _module_rows(graph, module_table, dims),
     }
 
@@ -147,12 +152,14 @@ def _module_rows(graph: Graph, module_table, dims: dict) -> list:
         top, second = module_table(graph, dims, depth=1), module_table(graph, dims, depth=2)
     except Exception:  # noqa: BLE001 - the page still works without the table
         return []
-    rows = [[r["module"], r["params"], r["bytes"], r["flops"], r["nodes"], r["top_ops"], 1, ""] for r in top]
+    rows = [[r["module"], r["params"], r["bytes"], r["flops"], r["nodes"], r["top_ops"], 1, "", r.get("class", "")]
+            for r in top]
     names = {r["module"] for r in top}
     for r in second:
         parent = next((p for p in names if r["module"].startswith(p + ".")), None)
         if parent is not None:
-            rows.append([r["module"], r["params"], r["bytes"], r["flops"], r["nodes"], r["top_ops"], 2, parent])
+            rows.append([r["module"], r["params"], r["bytes"], r["flops"], r["nodes"], r["top_ops"], 2, parent,
+                         r.get("class", "")])
     return rows
 
 

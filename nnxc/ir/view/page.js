@@ -3,7 +3,7 @@
   const t0 = performance.now();
   const D = JSON.parse(document.getElementById('nnxc-data').textContent);
   const K = D.K, P = D.P, L = D.L, T = D.T, C = D.C, Y = D.Y, H = D.H, DT = D.DT, n = K.length;
-  const FAM = D.fam, COL = D.colors, TY = D.TY;
+  const FAM = D.fam, COL = D.colors, TY = D.TY, MC = D.MC || {};
   const $ = (s) => document.querySelector(s);
   const svg = $('#graph'), vp = $('#vp'), main = $('main');
   const exp = new Uint8Array(n); exp[0] = 1;
@@ -22,6 +22,15 @@
   }
   const SANS = getComputedStyle(document.body).fontFamily;
   const F_OP = '600 12.5px ' + SANS, F_CL = '650 13px ' + SANS, F_SM = '11px ' + SANS, F_MONO = '10.5px monospace';
+  const F_MC = '500 11px ' + SANS;
+  const modClass = (i) => MC[i] || '';  // the module's class name, when the frontend recorded it
+  const classW = (i) => (MC[i] ? tw(MC[i], F_MC) + 8 : 0);
+  function clip(s, font, w) {  // s shortened with an ellipsis to fit w pixels
+    if (tw(s, font) <= w) return s;
+    let lo = 0, hi = s.length;
+    while (lo < hi) { const m = (lo + hi + 1) >> 1; if (tw(s.slice(0, m) + '…', font) <= w) lo = m; else hi = m - 1; }
+    return lo ? s.slice(0, lo) + '…' : '';
+  }
   function fmt(x) {
     if (x < 1e3) return String(x);
     for (const [d, u] of [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'K']]) if (x >= d) return (x / d).toFixed(x / d < 10 ? 2 : 1) + u;
@@ -50,7 +59,7 @@
   function measure(i) {
     const k = K[i];
     if (k === 'm' && !exp[i]) {
-      Wd[i] = Math.min(300, Math.max(170, tw(L[i], F_CL) + 60, tw(boxStats(i), F_SM) + 30)); Ht[i] = 60; return;
+      Wd[i] = Math.min(300, Math.max(170, tw(L[i], F_CL) + classW(i) + 60, tw(boxStats(i), F_SM) + 30)); Ht[i] = 60; return;
     }
     if (k === 'x' && !exp[i]) {
       Wd[i] = Math.min(300, Math.max(150, tw(headLabel(i), F_OP) + 56, tw(T[i], F_MONO) + 30, tw(xSummary(i), F_SM) + 30)); Ht[i] = 58; return;
@@ -69,7 +78,7 @@
       else { rowW += HG + Wd[c]; rowH = Math.max(rowH, Ht[c]); }
     }
     w = Math.max(w, rowW); h += rowH;
-    const head = tw(headLabel(i), F_OP) + (K[i] === 'R' ? 0 : tw(boxStats(i), F_SM) + 60);
+    const head = tw(headLabel(i), F_OP) + classW(i) + (K[i] === 'R' ? 0 : tw(boxStats(i), F_SM) + 60);
     Wd[i] = Math.max(w, head) + 2 * PAD; Ht[i] = h + PAD;
   }
   function xSummary(i) {
@@ -104,8 +113,10 @@
       let bar = '', bx = 12, total = 0; const mix = D.MX[i] || [];
       for (const [, c] of mix) total += c;
       for (const [f, c] of mix) { const bw = (w - 24) * c / total; bar += `<rect x="${bx}" y="${h - 11}" width="${Math.max(bw - 1, 1)}" height="4" rx="1" fill="${COL[FAM[f]][1]}"/>`; bx += bw; }
+      const lw = tw(L[i], F_CL), mc = modClass(i) && clip(modClass(i), F_MC, w - lw - 52);
+      const tag = mc ? `<text class="mc" x="${12 + lw + 7}" y="21">${esc(mc)}</text>` : '';
       out.push(`<g class="item card${cls}" data-i="${i}" transform="translate(${x},${y})"><rect class="bg" width="${w}" height="${h}" rx="9"/>` +
-        `<text class="cl" x="12" y="21">${esc(L[i])}</text><text class="cs" x="12" y="38">${esc(boxStats(i))}</text>${bar}` +
+        `<text class="cl" x="12" y="21">${esc(L[i])}</text>${tag}<text class="cs" x="12" y="38">${esc(boxStats(i))}</text>${bar}` +
         `<g class="tog" data-t="${i}"><rect x="${w - 26}" y="8" width="18" height="18" rx="5"/><path d="M${w - 21} 17h8M${w - 17} 13v8"/></g></g>`);
       return;
     }
@@ -139,6 +150,7 @@
           const minus = K[i] === 'r' ? '' : `<g class="tog" data-t="${i}"><rect x="${Wd[i] - 26}" y="6" width="18" height="18" rx="5"/><path d="M${Wd[i] - 21} 15h8"/></g>`;
           boxes.push(`<g class="box d${Math.min(d, 4)} k${K[i]}${i === sel ? ' sel' : ''}" data-i="${i}" transform="translate(${X[i]},${Yp[i]})">` +
             `<rect class="boxbg" width="${Wd[i]}" height="${Ht[i]}" rx="10"/><text class="boxhdr" data-t="${K[i] === 'r' ? '' : i}" x="12" y="19">${esc(headLabel(i))}</text>` +
+            (modClass(i) ? `<text class="mc" x="${12 + tw(headLabel(i), F_OP) + 8}" y="19">${esc(modClass(i))}</text>` : '') +
             `<text class="boxstat" x="${Wd[i] - 34}" y="19" text-anchor="end">${esc(boxStats(i))}</text>${minus}</g>`);
         }
         for (let j = C[i].length - 1; j >= 0; j--) stack.push([C[i][j], d + 1]);
@@ -244,7 +256,7 @@
   window.addEventListener('resize', () => fit());
 
   window.nnxcView = {
-    D, K, P, exp, reveal, select, toggle, fit, rep, esc, fmt, fmtBytes, comma, chipLabel, boxStats, headLabel,
+    D, K, P, exp, reveal, select, toggle, fit, rep, esc, fmt, fmtBytes, comma, chipLabel, boxStats, headLabel, modClass,
     setHits(h) { hits = h; draw(); },
     visible: () => vp.querySelectorAll('.item').length,
   };

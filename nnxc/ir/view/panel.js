@@ -55,7 +55,8 @@
       h += '<h3>Op families</h3>' + mixBars(i);
     } else if (k === 'm' || k === 'R') {
       const path = k === 'R' ? '' : DT[i];
-      h += `<h2>${esc(k === 'R' ? L[i] : path)}</h2><div class="sub">${k === 'R' ? 'the whole graph' : 'module'}</div>`;
+      const mc = v.modClass(i);
+      h += `<h2>${esc(k === 'R' ? L[i] : path)}</h2><div class="sub">${mc ? `<span class="badge cls">${esc(mc)}</span>` : ''}${k === 'R' ? 'the whole graph' : 'module'}</div>`;
       h += '<h3>Totals</h3>' + kv([['ops', v.comma(D.N[i])], ['parameters', v.comma(D.PA[i])], ['FLOPs', v.comma(D.FL[i]) + ` <span class="sub">(${esc(D.dims)})</span>`]]);
       h += '<h3>Op families</h3>' + mixBars(i);
       const vars = D.V.map((x, c) => [x, c]).filter(([x]) => k === 'R' || x[0].startsWith(path + '.'));
@@ -124,12 +125,14 @@
     const v = V(), sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
     let h = '<table class="mods"><thead><tr><th>module</th><th>params</th><th>bytes</th><th>FLOPs</th><th>ops</th></tr></thead><tbody>';
     const tot = [0, 0, 0, 0];
-    D.MT.forEach(([mod, params, bytes, flops, nodes, top, depth], j) => {
+    D.MT.forEach(([mod, params, bytes, flops, nodes, top, depth, , cls], j) => {
       const has = depth === 1 && D.MT.some((r) => r[6] === 2 && r[7] === mod);
       const tw = depth === 1 ? `<span class="tw" ${has ? `data-tw="${j}"` : ''}>${has ? '▸' : ''}</span>` : '';
       const of = depth === 2 ? ` data-of="${D.MT.findIndex((r) => r[6] === 1 && r[0] === D.MT[j][7])}"` : '';
       if (depth === 1) { tot[0] += sum(params); tot[1] += sum(bytes); tot[2] += flops; tot[3] += nodes; }
-      h += `<tr class="d${depth}"${of} title="${esc(top.join(', '))}"><td class="m" data-mod="${esc(mod)}">${tw}${esc(depth === 2 ? mod.slice(D.MT[j][7].length + 1) || mod : mod)}</td>` +
+      const name = depth === 2 ? mod.slice(D.MT[j][7].length + 1) || mod : mod;
+      h += `<tr class="d${depth}"${of} title="${esc((cls ? cls + ' · ' : '') + top.join(', '))}"><td class="m" data-mod="${esc(mod)}">${tw}${esc(name)}` +
+        `${cls ? ` <span class="mc">${esc(cls)}</span>` : ''}</td>` +
         `<td>${v.fmt(sum(params))}</td><td>${v.fmtBytes(sum(bytes))}</td><td>${v.fmt(flops)}</td><td>${v.comma(nodes)}</td></tr>`;
     });
     h += `<tr class="total"><td>total</td><td>${v.fmt(tot[0])}</td><td>${v.fmtBytes(tot[1])}</td><td>${v.fmt(tot[2])}</td><td>${v.comma(tot[3])}</td></tr></tbody></table>`;
@@ -143,7 +146,7 @@
     index = [];
     for (let i = 0; i < K.length; i++) {
       if (K[i] === 'n' || K[i] === 'x') index.push([(L[i] + ' ' + DT[i][1]).toLowerCase(), 'op', i, L[i], DT[i][1]]);
-      else if (K[i] === 'm') index.push([DT[i].toLowerCase(), 'module', i, DT[i], '']);
+      else if (K[i] === 'm') index.push([(DT[i] + ' ' + V().modClass(i)).toLowerCase(), 'module', i, DT[i], V().modClass(i)]);
       else if (K[i] === 'i' || K[i] === 'o') index.push([L[i].toLowerCase(), KIND[K[i]], i, L[i], T[i]]);
     }
     D.V.forEach((x, c) => index.push([x[0].toLowerCase(), 'variable', c, x[0], TY[x[2]]]));
