@@ -45,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="trace, compile and compare with the model's own output")
     _model_args(p)
-    p.add_argument("--rtol", type=float, help="relative tolerance (default by dtype: f32 1e-5)")
-    p.add_argument("--atol", type=float, help="absolute tolerance (default: rtol x output scale)")
-    p.add_argument("--sizes", default="1,3", help="sizes for symbolic dims (default 1,3)")
+    _tolerance_args(p)
     p.add_argument("--no-onnx", action="store_true", help="compare XLA only")
     _pass_args(p)
     p.set_defaults(func=cmd_check)
@@ -61,10 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-as-inputs", action="store_true", help="weights as graph inputs")
     p.add_argument("--check", action="store_true",
                    help="cross-check JAX, XLA and onnxruntime; exit 1 beyond tolerance")
-    p.add_argument("--dump-ir", metavar="FILE", help="also write the (optimized) IR text here")
-    p.add_argument("--rtol", type=float, help="relative tolerance (default by dtype: f32 1e-5)")
-    p.add_argument("--atol", type=float, help="absolute tolerance (default: rtol x output scale)")
-    p.add_argument("--sizes", default="1,3", help="sizes for symbolic dims in --check (default 1,3)")
+    p.add_argument("--dump-ir", metavar="FILE",
+                   help="also write the traced IR here (and, with passes, FILE.<pipeline>.ir after them)")
+    _tolerance_args(p)
     _pass_args(p)
     p.set_defaults(func=cmd_export)
 
@@ -92,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list the optimization passes and presets")
     p.set_defaults(func=cmd_passes)
     return parser
+
+
+def _tolerance_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rtol", type=float, help="relative tolerance (default by dtype: f32 1e-5)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default: rtol x output scale)")
+    p.add_argument("--sizes", default="1,3", help="sizes for symbolic dims in the check (default 1,3)")
 
 
 def _pass_args(p: argparse.ArgumentParser) -> None:

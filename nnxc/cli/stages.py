@@ -13,7 +13,6 @@ class Stages:
     def __init__(self, quiet: bool = False):
         from ..runtime.progress import Progress
         self.quiet = quiet
-        self.failed = False
         self.progress = Progress(quiet)  # a spinner while a stage runs, on a terminal only
 
     @contextmanager

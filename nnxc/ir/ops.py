@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .._registry import registrar
 from ..frontend import _jax_compat as jc
 from .graph import Node
 from .types import TensorType, dim_text, to_dtype
@@ -20,12 +21,7 @@ class ShapeError(ValueError):
     pass
 
 
-def shape_rule(*ops: str):
-    def register(fn: ShapeRule) -> ShapeRule:
-        for op in ops:
-            SHAPE_RULES[op] = fn
-        return fn
-    return register
+shape_rule = registrar(SHAPE_RULES)
 
 
 def aval(t: TensorType, env: dict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from .._registry import registrar
 from ..ir.graph import Graph, Node, Value
 from .rewrite import Rebuild, fired, splat
 
@@ -22,12 +23,7 @@ Rule = Callable[[Node, Rebuild], "list[Value] | None"]
 SIMPLIFY_RULES: dict[str, Rule] = {}
 
 
-def rule(*ops: str):
-    def register(fn: Rule) -> Rule:
-        for op in ops:
-            SIMPLIFY_RULES[op] = fn
-        return fn
-    return register
+rule = registrar(SIMPLIFY_RULES)
 
 
 def simplify(graph: Graph) -> Graph:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..._registry import registrar
+
 Rule = Callable[..., object]
 ONNX_RULES: dict[str, Rule] = {}
 
@@ -17,12 +19,7 @@ class Refused(Exception):
     """A rule cannot lower this node (the message says why and how to avoid it)."""
 
 
-def rule(*ops: str):
-    def register(fn: Rule) -> Rule:
-        for op in ops:
-            ONNX_RULES[op] = fn
-        return fn
-    return register
+rule = registrar(ONNX_RULES)
 
 
 def need(b, opset: int, what: str) -> None:

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax import lax
 
+from ..._registry import registrar
 from ...errors import UnsupportedOpError
 from ...frontend import _jax_compat as jc
 from ...ir.graph import Elided, Graph, Node, Region, Value
@@ -23,12 +24,7 @@ Rule = Callable[[Node, list, dict], list]
 XLA_RULES: dict[str, Rule] = {}
 
 
-def rule(*ops: str):
-    def register(fn: Rule) -> Rule:
-        for op in ops:
-            XLA_RULES[op] = fn
-        return fn
-    return register
+rule = registrar(XLA_RULES)
 
 
 def attrs_of(node: Node, dims: dict) -> dict:
