@@ -117,24 +117,24 @@ def test_pipelines_accept_names_and_functions():
     with pytest.raises(nnxc.NnxcError, match="unknown pass 'nope'"):
         nnxc.optimize(g, ["nope"])
     with pytest.raises(nnxc.NnxcError, match="unknown pipeline"):
-        nnxc.optimize(g, "fast")
+        nnxc.optimize(g, "fastest")
 
 
 def test_stats_report_time_nodes_and_what_fired():
     g = nnxc.trace(mlp(), "f32[B,8]")
-    g2, stats = nnxc.optimize(g, "default", stats=True)
-    assert [s.name for s in stats] == PRESETS["default"]
+    g2, stats = nnxc.optimize(g, "fast", stats=True)
+    assert [s.name for s in stats] == PRESETS["fast"]
     assert stats[0].nodes_before == count_nodes(g) and stats[-1].nodes_after == count_nodes(g2)
     assert all(s.seconds >= 0 for s in stats)
     assert stats.fired()["gelu_tanh"] == 1 and stats.fired()["linear"] == 2
     text = str(stats)
     assert "fuse-linear" in text and "linear=2" in text and "total" in text
-    assert g2.meta["passes"] == tuple(PRESETS["default"])
+    assert g2.meta["passes"] == tuple(PRESETS["fast"])
 
 
 def test_dump_dir_gets_numbered_files_after_each_change(tmp_path):
     g = nnxc.trace(mlp(), "f32[B,8]")
-    g2, stats = nnxc.optimize(g, "default", dump_dir=tmp_path, stats=True)
+    g2, stats = nnxc.optimize(g, "fast", dump_dir=tmp_path, stats=True)
     files = sorted(p.name for p in tmp_path.iterdir())
     changed = [f"{i:02d}-{s.name}.ir" for i, s in enumerate(stats, 1) if s.changed]
     assert files == ["00-input.ir"] + changed
@@ -147,7 +147,7 @@ def test_dump_dir_gets_numbered_files_after_each_change(tmp_path):
 def test_print_after_and_verify_from_the_environment(monkeypatch, capsys):
     g = nnxc.trace(mlp(), "f32[B,8]")
     monkeypatch.setenv("NNXC_PRINT_AFTER", "fuse-linear")
-    nnxc.optimize(g, "default")
+    nnxc.optimize(g, "fast")
     err = capsys.readouterr().err
     assert "IR after fuse-linear" in err and "nnxc.linear" in err and "IR after dce" not in err
     monkeypatch.setenv("NNXC_PRINT_AFTER", "changed")

@@ -6,12 +6,12 @@ a new graph otherwise. Presets are lists of names. ``nnxc.optimize`` runs them.
 from __future__ import annotations
 
 from . import fused_ops  # noqa: F401 - registers the nnxc.* shape rules
-from .cleanup import cleanup
+from .cleanup import cleanup, cleanup_all
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code, eliminate_dead_variables
 from .filters import parse_filter
 from .fold_batchnorm import fold_batchnorm
-from .fold_constants import fold_constants
+from .fold_constants import fold_all_constants, fold_constants
 from .fuse_activations import fuse_activations
 from .fuse_attention import fuse_attention
 from .fuse_linear import fuse_linear
@@ -28,10 +28,12 @@ PASSES: dict[str, tuple] = {
     "dce": (eliminate_dead_code, "remove unused nodes, region arguments and results"),
     "dce-variables": (eliminate_dead_variables, "dce, and remove variables nothing reads or writes"),
     "cse": (eliminate_common_subexpressions, "reuse the results of repeated identical nodes"),
-    "fold-constants": (fold_constants, "evaluate nodes on constant inputs (size-bounded)"),
+    "fold-constants": (fold_constants, "evaluate exact nodes (data movement, integer math) on constant inputs"),
+    "fold-all-constants": (fold_all_constants, "evaluate every node on constant inputs, float math too (size-bounded)"),
     "simplify": (simplify, "algebraic identities; merge reshape/transpose/broadcast chains"),
     "strip-stop-gradient": (strip_stop_gradient, "remove stop_gradient (inference only)"),
     "cleanup": (cleanup, "simplify, fold-constants, cse, dce until nothing changes"),
+    "cleanup-all": (cleanup_all, "simplify, fold-all-constants, cse, dce until nothing changes"),
     "fold-batchnorm": (fold_batchnorm, "fold per-channel affine ops (frozen BatchNorm) into conv/linear weights"),
     "fuse-softmax": (fuse_softmax, "exp / sum(exp) over one axis -> nnxc.softmax"),
     "fuse-attention": (fuse_attention, "dot / scale / mask / softmax / dot -> nnxc.attention"),
@@ -40,16 +42,39 @@ PASSES: dict[str, tuple] = {
     "fuse-linear": (fuse_linear, "dot_general + bias -> nnxc.linear"),
 }
 
+# Passes whose output computes, on XLA, exactly the bits of their input (verified on every
+# example, test model and generated program). The others may change rounding: fusions
+# replace the model's own spelling of a formula, folding float math rounds eagerly, freezing
+# lets XLA fold weights into the computation.
+EXACT = frozenset({"dce", "dce-variables", "cse", "fold-constants", "simplify", "cleanup"})
+
 CLEANUP = ["simplify", "fold-constants", "cse", "dce"]
+CLEANUP_ALL = ["simplify", "fold-all-constants", "cse", "dce"]
 FUSION = ["fuse-softmax", "fuse-attention", "fuse-norms", "fuse-activations", "fuse-linear"]
 PRESETS: dict[str, list[str]] = {
     "none": [],
-    "default": CLEANUP + FUSION + ["cleanup"],
-    "inference": ["freeze", "prune", "dce-variables", "strip-stop-gradient"] + CLEANUP
-    + ["fold-batchnorm", "dce"] + FUSION + ["cleanup"],
+    "default": CLEANUP + ["cleanup"],
+    "fast": CLEANUP_ALL + FUSION + ["cleanup-all"],
+    "inference": ["freeze", "prune", "dce-variables", "strip-stop-gradient"] + CLEANUP_ALL
+    + ["fold-batchnorm", "dce"] + FUSION + ["cleanup-all"],
 }
+# What each preset promises on XLA against the model's own jax.jit (README says the same).
+PROMISES: dict[str, str] = {
+    "none": "bit-exact (the traced graph as it is)",
+    "default": "bit-exact: only exact cleanups (dead code, common subexpressions, data-movement "
+               "and integer folding, identities)",
+    "fast": "within tolerance (f32: 1e-5 of the output's scale): fused ops and folded float math "
+            "round differently",
+    "inference": "within tolerance (f32: 1e-5 of the output's scale): frozen weights, folded "
+                 "BatchNorm, fused ops and folded float math round differently; updates pruned",
+}
+
+
+def inexact_passes(names) -> list[str]:
+    """The passes of a pipeline that may change XLA results (by name)."""
+    return [n for n in names if isinstance(n, str) and n not in EXACT]
 
 from .manager import optimize  # noqa: E402 - needs PASSES
 from .report import PassError, Stats  # noqa: E402
 
-__all__ = ["PASSES", "PRESETS", "optimize", "PassError", "Stats", "parse_filter", "freeze", "prune"]
+__all__ = ["PASSES", "PRESETS", "PROMISES", "EXACT", "inexact_passes", "optimize", "PassError", "Stats", "parse_filter", "freeze", "prune"]

@@ -1,12 +1,23 @@
-"""fold-constants: evaluate nodes whose inputs are all constants, with JAX, into constants.
+"""fold-constants: evaluate nodes whose inputs are all constants into constants.
 
     before:  %0: f32[1,8] = reshape(%c0) {new_sizes=(1,8)}      after:  const %c0: f32[1,8] = ..
              %1: f32[B,8] = add(%x, %0)                                 %1: f32[B,8] = add(%x, %c0)
 
+Two passes share this code:
+
+- ``fold-constants`` (in ``default``) folds only what every evaluation computes alike, bit for
+  bit: data movement, integer / boolean arithmetic, comparisons, selects, sign flips and the
+  conversions that are exact (never float -> int). Float math stays in the graph, because a
+  value computed eagerly is rounded differently from the same value inside the compiled model
+  (XLA folds it with its own evaluator or fuses it with vectorized code; FMA contraction and
+  transcendental approximations differ by CPU).
+- ``fold-all-constants`` (in ``inference``) also evaluates float math (rsqrt, exp, div, ...),
+  which is what turns frozen BatchNorm statistics into weights; results may then differ
+  from the original model in the last bits (IEEE semantics, inf and NaN, are kept).
+
 Bounded: a result may have at most ``LIMIT`` elements unless it replaces constant inputs at
 least as large that die with it (so frozen weights are transformed, never duplicated).
-Data-movement ops are evaluated with NumPy (exact); everything else by binding the JAX
-primitive, i.e. by XLA itself, so folding reproduces what the compiled graph computes.
+Data-movement ops are evaluated with NumPy; everything else by binding the JAX primitive.
 """
 from __future__ import annotations
 
@@ -25,11 +36,21 @@ NEVER = frozenset({"dim_as_value", "rng_uniform", "rng_bit_generator", "random_s
 
 
 def fold_constants(graph: Graph, limit: int = LIMIT) -> Graph:
+    """Fold what is exact (see the module docstring)."""
+    return _fold(graph, limit, exact_only=True)
+
+
+def fold_all_constants(graph: Graph, limit: int = LIMIT) -> Graph:
+    """Fold float math too (results may differ in the last bits)."""
+    return _fold(graph, limit, exact_only=False)
+
+
+def _fold(graph: Graph, limit: int, exact_only: bool) -> Graph:
     uses = use_counts(graph)
     born: dict[Value, int] = {}  # constants made here -> uses of the value they replaced
 
     def visit(old: Node, new: Node, rb):
-        if not _foldable(new):
+        if not _foldable(new) or (exact_only and not is_exact(new)):
             return None
         arrays = [const_data(v) for v in new.inputs]
         if any(a is None for a in arrays):
@@ -42,6 +63,8 @@ def fold_constants(graph: Graph, limit: int = LIMIT) -> Graph:
         try:
             results = evaluate(new, arrays)
         except Exception:  # noqa: BLE001 - an op JAX refuses eagerly stays a node
+            return None
+        if exact_only and new.op == "convert_element_type" and not _round_trips(arrays[0], results[0]):
             return None
         outs = []
         for o, old_o, r in zip(new.outputs, old.outputs, results):
@@ -66,6 +89,42 @@ def _foldable(node: Node) -> bool:
         return False
     return all(o.type.is_static and not o.type.dtype.startswith("key<") and o.type.dtype != "float0"
                for o in node.outputs)
+
+
+# ops whose results are copies of input elements (or index arithmetic): exact in any dtype
+DATA_MOVEMENT = frozenset({
+    "reshape", "transpose", "squeeze", "expand_dims", "broadcast_in_dim", "copy", "copy_p",
+    "concatenate", "slice", "dynamic_slice", "rev", "pad", "select_n", "gather", "iota",
+    "dynamic_update_slice", "neg", "abs", "stop_gradient", "real", "imag",
+    "eq", "ne", "lt", "le", "gt", "ge", "is_finite", "sign"})
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype[0] in "fc" or dtype == "bf16"
+
+
+def is_exact(node: Node) -> bool:
+    """Whether evaluating ``node`` eagerly gives the bits the compiled model computes."""
+    if node.op in DATA_MOVEMENT:
+        return True
+    ins = [v.type.dtype for v in node.inputs]
+    outs = [v.type.dtype for v in node.outputs]
+    if node.op == "convert_element_type":
+        # float -> int: saturation and NaN handling differ between evaluators; the others
+        # are exact when the values convert back unchanged (checked in _round_trips)
+        return not (_is_float(ins[0]) and not _is_float(outs[0]))
+    return not any(_is_float(d) for d in ins + outs)
+
+
+def _round_trips(a, r) -> bool:
+    """Whether converting ``r`` back gives ``a`` (so the conversion rounded nothing)."""
+    a, r = np.asarray(a), np.asarray(r)
+    if r.dtype.kind not in "fc":
+        return True
+    back = r.astype(a.dtype)
+    if a.dtype.kind in "fc":
+        return bool(np.array_equal(back, a, equal_nan=True))
+    return bool(np.array_equal(back, a)) and bool(np.isfinite(r).all())
 
 
 def evaluate(node: Node, arrays: list) -> list:

@@ -122,6 +122,9 @@ def _match(root: Value, m: Match) -> str | None:
             return "the result is reshaped other than by merging the head groups"
     if out != ["b", "t", "n", "hv"] or ("g" in qlab) != (rq is not None):
         return f"the result's dims are {out}, not [batch, query, heads, head dim]"
+    want = tuple(q.type.shape[:3]) + (vv.type.shape[3],)
+    if tuple(root.type.shape) != want:  # e.g. unbatched [T,N,H] inputs, reshaped to [1,T,N,H]
+        return f"the result {root.type} does not have the shape [batch, query, heads, head dim] {want}"
     if pred is not None:
         why = _mask(pred, labels, m, grouped=rq is not None and rq.outputs[0].type.shape[3] != 1)
         if why:

@@ -5,10 +5,11 @@
              %6 = div(%3, %5)
     after:   %6 = nnxc.softmax(%x) {axis=1}
 
-With or without the max subtraction. The subtracted value must be constant along the axis
-(softmax does not change when each row is shifted) and come from a ``reduce_max`` through
-data movement, ``stop_gradient`` or ``max(-inf, .)`` (jax.nn.softmax under vmap takes the max
-before a transpose); the fused op subtracts the row max itself.
+Only the max-shifted form fires: the subtracted value must be the ``reduce_max`` of the same
+``x`` over the same axis, reached through data movement, ``stop_gradient`` or ``max(-inf, .)``
+(jax.nn.softmax under vmap takes the max before a transpose). ``exp(x) / sum(exp(x))`` and
+shifts by anything else (the row min, the mean, a max over another axis) compute a different
+function where ``exp`` overflows (NaN or inf, where the fused op is finite), so they stay.
 """
 from __future__ import annotations
 
@@ -33,21 +34,25 @@ def _check(m):
     if xv.type.dtype[0] != "f" and xv.type.dtype != "bf16":
         return f"{xv.type} is not floating point"
     why = keepdims_ok(m, xv, axes, ["denominator"])
-    if why or "shift" not in m.values:
+    if why:
         return why
+    if "shift" not in m.values:
+        return "exp is not shifted by the row max (it would overflow where softmax does not)"
     s = m["shift"]
     if s.type.rank != xv.type.rank or s.type.shape[axes[0]] != 1:
         return f"the subtracted {s.type} is not constant along axis {axes[0]}"
-    return None if _from_max(s) else "the subtracted value is not a row maximum"
+    return None if _max_of(s, xv, axes[0]) else \
+        f"the subtracted value is not the maximum of x over axis {axes[0]}"
 
 
-def _from_max(v, depth: int = 8) -> bool:
+def _max_of(v, x, axis: int, depth: int = 8) -> bool:
+    """Whether ``v`` is ``max(x, axis)`` seen through data movement (the reduced axis kept)."""
     for _ in range(depth):
         node = v.producer
         if node is None:
             return False
         if node.op == "reduce_max":
-            return True
+            return tuple(node.attrs["axes"]) in _axes_of(node.inputs[0], x, axis)
         if node.op not in _THROUGH:
             return False
         if node.op == "max":  # max(-inf, m) is jnp.max's initial value
@@ -59,6 +64,19 @@ def _from_max(v, depth: int = 8) -> bool:
         else:
             v = node.inputs[0]
     return False
+
+
+def _axes_of(y, x, axis: int) -> list[tuple]:
+    """The axes of ``y`` that hold ``x``'s ``axis`` when ``x`` is ``y`` or a transpose of it
+    (seen through ``stop_gradient``); empty when ``x`` does not come from ``y`` that way."""
+    p = x.producer
+    if p is not None and p.op == "stop_gradient":
+        return _axes_of(y, p.inputs[0], axis)
+    if x is y:
+        return [(axis,)]
+    if p is not None and p.op == "transpose" and p.inputs[0] is y:
+        return [(tuple(p.attrs["permutation"])[axis],)]
+    return []
 
 
 SOFTMAX = Rule("softmax", PATTERN, lambda b, m: b.fused("nnxc.softmax", m["x"], axis=m.attrs["axes"][0]),

@@ -70,12 +70,17 @@ def optimize(graph: Graph, pipeline="default", freeze=None, prune=None, verify: 
         except VerifyError as e:
             raise PassError(f"the input graph is invalid (before any pass): {e}") from e
     record, done, g = Stats(), [], graph
+    changed = list(graph.meta.get("changed_passes", ()))  # earlier optimize calls count too
     with gc_paused():
         for i, (name, fn) in enumerate(passes, 1):
+            before = g
             g = _one(i, name, fn, g, verify, show, dump, record, done)
+            if g is not before:
+                changed.append(name)
     if g is graph:  # nothing changed: the caller still gets a graph of its own
         g = Rebuild(graph).run()
     g.meta["passes"] = tuple(done)
+    g.meta["changed_passes"] = tuple(changed)
     return (g, record) if stats else g
 
 

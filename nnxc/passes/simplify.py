@@ -4,7 +4,8 @@
              %1: f32[B,8] = reshape(%0) {new_sizes=(B,8)}               {permutation=(1,0)}
              %2: f32[8,B] = transpose(%1) {permutation=(1,0)}
 
-``x*1``, ``x/1``, ``x+0``, ``x-0``, ``max(x,-inf)``, ``min(x,inf)``, same-dtype converts,
+``x*1``, ``x/1``, ``x+0``, ``x-0`` (zeros of either sign, as XLA's own simplifier
+drops them: the model's jax.jit gives ``-0.0 + 0.0 = -0.0`` too), ``max(x,-inf)``, ``min(x,inf)``, same-dtype converts,
 same-shape reshapes and broadcasts, identity transposes, ``copy``, reductions over no axes,
 ``select_n`` with equal cases or a constant predicate; chains of reshapes, transposes and
 broadcasts become one node. An identity only applies when it changes neither shape nor dtype.
@@ -61,6 +62,7 @@ def _unit(node: Node, unit: float, commutative: bool = True):
         if splat(other) == unit and keep.type == node.outputs[0].type:
             return [keep]
     return None
+
 
 
 @rule("mul")
