@@ -277,14 +277,15 @@ def _file_inputs(specs, items: list[str]) -> list:
 
 
 def cmd_passes(args) -> int:
-    from ..passes import PASSES, PRESETS
+    from ..passes import EXACT, PASSES, PRESETS, PROMISES
     width = max(len(n) for n in PASSES)
-    print("passes:")
+    print("passes (exact: XLA results stay bit for bit; inexact: may change rounding):")
     for name, (_, doc) in PASSES.items():
-        print(f"  {name:<{width}}  {doc}")
+        print(f"  {name:<{width}}  {'exact  ' if name in EXACT else 'inexact'}  {doc}")
     print("presets:")
     for name, names in PRESETS.items():
         print(f"  {name:<{width}}  {', '.join(names) or '(nothing)'}")
+        print(f"  {'':<{width}}  promise: {PROMISES[name]}")
     return 0
 
 

@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from flax import linen as nn
 from flax import nnx
 
@@ -40,18 +41,56 @@ def trace(obj, *args, method: str | None = None, variables=None, mutable=False, 
 
 
 def _trace(obj, args, method, variables, mutable, rngs, name, kwargs) -> Graph:
-    abstract = abstract_args([a for a in args if not _is_node(a)])
+    kwargs, array_kwargs = _split_kwargs(kwargs)
+    positional = [a for a in args if not _is_node(a)]
+    abstract = abstract_args(positional + list(array_kwargs.values()))
+    kw = _KwInputs(len(positional), tuple(array_kwargs))
     if isinstance(obj, nnx.Module):
-        return _trace_nnx(obj, abstract, kwargs, method or "__call__", name)
-    if isinstance(obj, nn.Module):
-        return _trace_linen(obj, abstract, kwargs, variables, mutable, rngs, method, name)
-    if callable(obj):
+        graph = _trace_nnx(obj, abstract, kwargs, method or "__call__", name, kw)
+    elif isinstance(obj, nn.Module):
+        graph = _trace_linen(obj, abstract, kwargs, variables, mutable, rngs, method, name, kw)
+    elif callable(obj):
         fn = getattr(obj, method) if method else obj
         if any(_is_node(a) for a in args):
-            return _trace_function_of_nodes(fn, args, kwargs, name)
-        return _trace_function(fn, abstract, kwargs, name)
-    raise NnxcError(f"cannot trace {type(obj).__name__}: expected an nnx.Module, a Linen "
-                    "module or a callable")
+            graph = _trace_function_of_nodes(fn, args, kwargs, name, kw, abstract)
+        else:
+            graph = _trace_function(fn, abstract, kwargs, name, kw)
+    else:
+        raise NnxcError(f"cannot trace {type(obj).__name__}: expected an nnx.Module, a Linen "
+                        "module or a callable")
+    graph.meta["kwarg_inputs"] = kw.names
+    return graph
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) or (
+        not isinstance(x, (str, bytes)) and hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """(static keyword arguments, array-valued ones): arrays (and pytrees of arrays) become
+    data inputs named by keyword; everything else is passed to the call as a static value."""
+    static, arrays = {}, {}
+    for k, v in kwargs.items():
+        leaves = jax.tree_util.tree_leaves(v)
+        if leaves and all(_is_array(x) for x in leaves):
+            arrays[k] = v
+        else:
+            static[k] = v
+    return static, arrays
+
+
+class _KwInputs:
+    """Array keyword arguments traced as data inputs after the positional ones."""
+
+    def __init__(self, n_positional: int, names: tuple):
+        self.n, self.names = n_positional, names
+
+    def split(self, args: tuple) -> tuple[tuple, dict]:
+        return tuple(args[:self.n]), dict(zip(self.names, args[self.n:]))
+
+    def arg_names(self, positional: list[str]) -> list[str]:
+        return list(positional[:self.n]) + list(self.names)
 
 
 # -- shared ----------------------------------------------------------------------
@@ -123,8 +162,8 @@ def _reference(fn: Callable, var_data: list) -> Callable:
     """
     jitted = jax.jit(fn)
 
-    def reference(*args):
-        return jitted(var_data, *args)[0]
+    def reference(*args, **kwargs):  # array keyword arguments follow in the traced order
+        return jitted(var_data, *args, *kwargs.values())[0]
 
     reference.apply = jitted
     return reference
@@ -197,17 +236,39 @@ def _scope_modules(root, prefix: str, classes: dict) -> None:
             node.__class__ = _scoped_class(cls, full)
 
 
-def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | None) -> Graph:
+def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | None, kw) -> Graph:
     fn = getattr(type(model), method, None)
-    names = _arg_names(fn, len(abstract) + 1)[1:] if fn else _arg_names(lambda: None, len(abstract))
+    names = _arg_names(fn, kw.n + 1)[1:] if fn else _arg_names(lambda: None, kw.n)
 
     def call(nodes, *args):
-        return getattr(nodes[0], method)(*args, **kwargs)
+        pos, kwa = kw.split(args)
+        return getattr(nodes[0], method)(*pos, **kwargs, **kwa)
 
     graph = _trace_stateful(type(model).__name__ if name is None else name, call, (model,), [""],
-                            abstract, names)
+                            abstract, kw.arg_names(names))
     graph.meta.update(frontend="nnx", method=method, kwargs=dict(kwargs))
+    ref = _nnx_reference(model, method, kwargs, kw)
+    ref.apply = graph.meta["reference"].apply
+    graph.meta["reference"] = ref
     return graph
+
+
+def _nnx_reference(model: nnx.Module, method: str, kwargs: dict, kw) -> Callable:
+    """The user's own call ``model.method(*args, **kwargs)`` under ``nnx.jit``, on a fresh
+    module holding the model's current state (so checking never changes the user's model)."""
+    graphdef, state = nnx.split(model)
+    leaves, tree = jax.tree_util.tree_flatten(state)  # fresh Variables per call: merge shares them
+
+    @nnx.jit
+    def run(m, *args):
+        pos, kwa = kw.split(args)
+        return getattr(m, method)(*pos, **kwargs, **kwa)
+
+    def reference(*args, **kwa):
+        fresh = nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, leaves))
+        return run(fresh, *args, *(kwa[k] for k in kw.names))
+
+    return reference
 
 
 def _trace_stateful(name: str, call: Callable, nodes: tuple, prefixes: list[str], abstract,
@@ -264,8 +325,14 @@ def _linen_interceptor(classes: dict, next_fun, args, kwargs, context):
         return next_fun(*args, **kwargs)
 
 
-def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, name) -> Graph:
+def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, name, kw) -> Graph:
     from flax.core import unfreeze
+    user_module, user_variables, user_rngs = module, variables, rngs
+    if module.scope is not None:  # bound: trace with its own variables, as calling it would
+        if variables is not None:
+            raise NnxcError("the Linen module is bound to variables already; pass the unbound "
+                            "module with variables=..., or the bound module without them")
+        module, variables = module.unbind()
     if variables is None:
         if rngs is None:
             rngs = jax.random.key(0)
@@ -273,7 +340,7 @@ def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, nam
             lambda s: jax.numpy.zeros(concrete_shape(s.shape), s.dtype), abstract)
         init = functools.partial(module.init, method=method, **kwargs) if method else \
             functools.partial(module.init, **kwargs)
-        variables = init(rngs, *concrete)
+        variables = init(rngs, *concrete[:kw.n], **kw.split(concrete)[1])
         rngs = None
     variables = unfreeze(variables)
     rng_tree = {} if rngs is None else (dict(rngs) if isinstance(rngs, dict) else {"params": rngs})
@@ -301,11 +368,12 @@ def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, nam
 
     def traced(var_leaves, *args):
         ins = jax.tree_util.tree_unflatten(tree, var_leaves)
-        call_kwargs = dict(kwargs)
+        pos, kwa = kw.split(args)
+        call_kwargs = dict(kwargs, **kwa)
         if method:
             call_kwargs["method"] = method
         with nn.intercept_methods(functools.partial(_linen_interceptor, classes)):
-            res = module.apply(ins["variables"], *args, rngs=ins["rngs"] or None,
+            res = module.apply(ins["variables"], *pos, rngs=ins["rngs"] or None,
                                mutable=mutable, **call_kwargs)
         if mutable is False:
             return res, []
@@ -319,21 +387,64 @@ def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, nam
             names.append((path_of.get((parts[0], _join(parts[1:])), _join(parts[1:])), parts[0]))
         return names
 
+    target = getattr(module, method) if isinstance(method, str) else module.__call__
     graph = _build(type(module).__name__ if name is None else name, traced, structs,
-                   variables_ir, abstract, _arg_names(module.__call__, len(abstract)), out_names)
+                   variables_ir, abstract, kw.arg_names(_arg_names(target, kw.n)), out_names)
     graph.meta.update(frontend="linen", kwargs=dict(kwargs), mutable=mutable, module_types=dict(classes))
+    ref = _linen_reference(user_module, user_variables, variables, user_rngs, rngs, mutable, method,
+                           kwargs, kw)
+    ref.apply = graph.meta["reference"].apply
+    graph.meta["reference"] = ref
     return graph
+
+
+def _linen_reference(user_module, user_variables, variables, user_rngs, rngs, mutable, method,
+                     kwargs, kw) -> Callable:
+    """The user's own call, jitted: a bound module called directly, an unbound one through
+    ``module.apply(variables, ...)`` with the variables the user gave (or lazily initialized)."""
+    call_kwargs = dict(kwargs)
+    if method:
+        call_kwargs["method"] = method
+
+    if user_module.scope is not None:
+        def run(*args):
+            pos, kwa = kw.split(args)
+            fn = getattr(user_module, method) if isinstance(method, str) else user_module
+            return fn(*pos, **kwargs, **kwa)
+    else:
+        given = user_variables if user_variables is not None else variables
+
+        def run(*args):
+            pos, kwa = kw.split(args)
+            res = user_module.apply(given, *pos, rngs=rngs if user_variables is not None else None,
+                                    mutable=mutable, **call_kwargs, **kwa)
+            return res if mutable is False else res[0]
+
+    jitted = jax.jit(run)
+
+    def reference(*args, **kwa):
+        return jitted(*args, *(kwa[k] for k in kw.names))
+
+    return reference
 
 
 # -- plain functions -------------------------------------------------------------
 
-def _trace_function(fn: Callable, abstract, kwargs, name: str | None) -> Graph:
+def _trace_function(fn: Callable, abstract, kwargs, name: str | None, kw) -> Graph:
     def traced(_, *args):
-        return fn(*args, **kwargs), []
+        pos, kwa = kw.split(args)
+        return fn(*pos, **kwargs, **kwa), []
 
     graph = _build(name or getattr(fn, "__name__", "function").strip("<>") or "function", traced,
-                   [], [], abstract, _arg_names(fn, len(abstract)), lambda _: [])
+                   [], [], abstract, kw.arg_names(_arg_names(fn, kw.n)), lambda _: [])
     graph.meta.update(frontend="function", kwargs=dict(kwargs))
+    jitted = jax.jit(lambda *args: fn(*kw.split(args)[0], **kwargs, **kw.split(args)[1]))
+
+    def reference(*args, **kwa):  # the user's function as the user calls it, jitted
+        return jitted(*args, *(kwa[k] for k in kw.names))
+
+    reference.apply = graph.meta["reference"].apply
+    graph.meta["reference"] = reference
     return graph
 
 
@@ -357,7 +468,8 @@ def _is_node(x) -> bool:
     return isinstance(x, nnx.Pytree) and nnx.graphlib.is_graph_node(x)
 
 
-def _trace_function_of_nodes(fn: Callable, args: tuple, kwargs, name: str | None) -> Graph:
+def _trace_function_of_nodes(fn: Callable, args: tuple, kwargs, name: str | None, kw,
+                             abstract) -> Graph:
     """A function of NNX modules/optimizers and arrays, e.g. a training step
     ``train_step(model, optimizer, batch)``: the nodes' state becomes variables named
     ``model.linear1.kernel``, ``optimizer.opt_state.0.mu.linear1.kernel``; what the function
@@ -365,18 +477,18 @@ def _trace_function_of_nodes(fn: Callable, args: tuple, kwargs, name: str | None
     names = _arg_names(fn, len(args))
     node_pos = [i for i, a in enumerate(args) if _is_node(a)]
     arrays = [i for i in range(len(args)) if i not in node_pos]
-    abstract = abstract_args([args[i] for i in arrays])
 
     def call(nodes, *array_args):
+        pos, kwa = kw.split(array_args)
         full = list(args)
         for i, node in zip(node_pos, nodes):
             full[i] = node
-        for i, a in zip(arrays, array_args):
+        for i, a in zip(arrays, pos):
             full[i] = a
-        return fn(*full, **kwargs)
+        return fn(*full, **kwargs, **kwa)
 
     graph = _trace_stateful(name or getattr(fn, "__name__", "function").strip("<>"), call,
                             tuple(args[i] for i in node_pos), [names[i] for i in node_pos],
-                            abstract, [names[i] for i in arrays])
+                            abstract, kw.arg_names([names[i] for i in arrays]))
     graph.meta.update(frontend="function", kwargs=dict(kwargs))
     return graph

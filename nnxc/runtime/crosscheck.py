@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import NnxcError
 from ..ir.graph import Graph
-from .check import compare, format_table, random_array, structured, symbols
+from .check import call_args as split_call, compare, format_table, random_array, symbols
 
 RTOL = {"f64": 1e-10, "f32": 1e-5, "f16": 1e-3, "bf16": 1e-2, "c64": 1e-5, "c128": 1e-10}
 
@@ -21,6 +21,8 @@ class CrosscheckReport:
 
     rows: list = field(default_factory=list)
     reference: str = "jax"
+    exact_promised: bool = False  # XLA must equal the reference bit for bit
+    inexact: list = field(default_factory=list)  # passes that changed the graph and may round differently
 
     @property
     def ok(self) -> bool:
@@ -30,7 +32,15 @@ class CrosscheckReport:
         return [r for r in self.rows if not r["ok"]]
 
     def __str__(self) -> str:
-        return f"reference: {self.reference}\n" + format_table(self.rows)
+        lines = [f"reference: {self.reference}"]
+        xla = [r for r in self.rows if r["backend"] == "xla"]
+        if xla and self.reference == "jax":
+            if self.exact_promised:
+                lines.append("xla: bit-exact promised (no pass that changes rounding ran)")
+            else:
+                lines.append("xla: within tolerance, not bit-exact by promise: these passes change "
+                             f"rounding: {', '.join(self.inexact)}")
+        return "\n".join(lines) + "\n" + format_table(self.rows)
 
 
 def _host(x) -> np.ndarray:
@@ -89,16 +99,19 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
         session = onnx_session(export_onnx(graph, opset=opset))
     names = output_names(graph)
     update_paths = [p for p, _ in graph.updates]
-    report = CrosscheckReport(reference="jax" if reference is not None else "xla")
+    from ..passes import inexact_passes
+    inexact = inexact_passes(graph.meta.get("changed_passes", ()))
+    report = CrosscheckReport(reference="jax" if reference is not None else "xla",
+                              exact_promised=not inexact, inexact=inexact)
     for size, flat in inputs:
-        call_args = structured(graph, flat)
+        pos, kwa = split_call(graph, flat)
         got: dict[str, list] = {}
         new_state = None
         if exe is not None:
-            out, new_state = exe.apply(exe.state, *call_args)
+            out, new_state = exe.apply(exe.state, *pos, **kwa)
             got["xla"] = [_host(x) for x in jax.tree_util.tree_leaves(out)]
         if reference is not None:
-            got["jax"] = [_host(x) for x in jax.tree_util.tree_leaves(reference(*call_args))]
+            got["jax"] = [_host(x) for x in jax.tree_util.tree_leaves(reference(*pos, **kwa))]
         if session is not None:
             feeds = dict(zip([i.name for i in session.get_inputs()], [_host(x) for x in flat]))
             got["onnx"] = session.run(None, feeds)
@@ -107,8 +120,9 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
         for backend in backends:
             if backend == ref_name or backend not in got:
                 continue
+            exact = backend == "xla" and report.exact_promised and rtol is None and atol is None
             for name, r, g in zip(names, ref, got[backend]):
-                report.rows.append(_row(name, size, backend, r, g, rtol, atol))
+                report.rows.append(_row(name, size, backend, r, g, rtol, atol, exact))
         if session is not None and new_state is not None:
             for path, g in zip(update_paths, got["onnx"][len(names):]):
                 report.rows.append(_row(f"{path} (update)", size, "onnx", _host(new_state[path]), g,
@@ -116,9 +130,15 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
     return report
 
 
-def _row(name, size, backend, ref, got, rtol, atol) -> dict:
+def _row(name, size, backend, ref, got, rtol, atol, exact: bool = False) -> dict:
     from ..ir.types import dtype_name
     ref, got = np.asarray(ref), np.asarray(got)
+    if exact:  # the promise is np.array_equal (NaN where NaN), nothing looser
+        r = compare(ref, got, 0.0, 0.0)
+        same = ref.shape == got.shape and ref.dtype == got.dtype and bool(
+            np.array_equal(ref, got, equal_nan=ref.dtype.kind in "fc"))
+        return {"output": name, "size": size, "backend": backend, **r, "ok": same,
+                "note": "" if same else "not bit-exact (promised)"}
     try:
         rtol = RTOL.get(dtype_name(ref.dtype), 0.0) if rtol is None else rtol
     except ValueError:

@@ -1,0 +1,113 @@
+"""The frontend traces what the user calls: bound Linen modules with their own variables,
+array keyword arguments as inputs (never baked in), and checks whose reference is the
+user's own call, so a wrong graph can never be reported as matching."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import nnxc
+
+
+class _Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x, scale=1.0):
+        return nn.Dense(3)(x) * scale
+
+
+def _x(batch=2):
+    return np.random.default_rng(0).standard_normal((batch, 4)).astype(np.float32)
+
+
+def test_bound_linen_module_is_traced_with_its_bound_variables():
+    m, x = _Dense(), _x()
+    variables = m.init(jax.random.key(7), x)  # not key(0): a re-initialization would differ
+    g = nnxc.trace(m.bind(variables), x)
+    want = np.asarray(m.apply(variables, x))
+    assert np.array_equal(np.asarray(nnxc.compile(g)(x)), want)
+    assert nnxc.crosscheck(g, x).ok
+
+
+def test_bound_module_with_variables_too_is_an_error():
+    m, x = _Dense(), _x()
+    variables = m.init(jax.random.key(7), x)
+    with pytest.raises(nnxc.NnxcError, match="bound"):
+        nnxc.trace(m.bind(variables), x, variables=variables)
+
+
+def test_unbound_linen_module_without_variables_still_initializes_lazily():
+    m, x = _Dense(), _x()
+    g = nnxc.trace(m, "f32[B,4]")
+    want = m.apply(m.init(jax.random.key(0), x), x)
+    assert np.array_equal(np.asarray(nnxc.compile(g)(x)), np.asarray(want))
+
+
+@pytest.mark.parametrize("kind", ["nnx", "linen", "function"])
+def test_crosscheck_reference_is_the_users_call_not_the_trace(kind):
+    """A graph whose weights are wrong must fail the check (it said ✓ when the reference was
+    rebuilt from the trace)."""
+    x = _x()
+    if kind == "nnx":
+        g = nnxc.trace(nnx.Linear(4, 3, rngs=nnx.Rngs(1)), x)
+    elif kind == "linen":
+        m = _Dense()
+        g = nnxc.trace(m, x, variables=m.init(jax.random.key(3), x))
+    else:
+        w = np.ones((4, 3), np.float32)
+        g = nnxc.trace(lambda x, w: x @ w, x, w)
+    assert nnxc.crosscheck(g, *([x] if kind != "function" else [x, np.ones((4, 3), np.float32)])).ok
+    if kind == "function":  # nothing to corrupt but the reference itself
+        assert g.meta["reference"](x, np.ones((4, 3), np.float32)).shape == (2, 3)
+        return
+    var = next(v for v in g.variables if v.path.endswith("kernel"))
+    var.data = np.asarray(var.data) + 1.0
+    report = nnxc.crosscheck(g, x, backends=("jax", "xla"))
+    assert not report.ok and "✗" in str(report)
+
+
+@pytest.mark.parametrize("kind", ["nnx", "linen", "function"])
+def test_array_keyword_arguments_become_inputs_named_by_keyword(kind):
+    c = np.full((3,), 2.0, np.float32)
+    x = _x()
+    if kind == "nnx":
+        class M(nnx.Module):
+            def __init__(self):
+                self.l = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+
+            def __call__(self, x, *, cache):
+                return self.l(x) + cache
+        model = M()
+        g = nnxc.trace(model, "f32[B,4]", cache=c)
+
+        def want(x, cache):
+            return model(x, cache=cache)
+    elif kind == "linen":
+        class L(nn.Module):
+            @nn.compact
+            def __call__(self, x, cache):
+                return nn.Dense(3)(x) + cache
+        m = L()
+        variables = m.init(jax.random.key(0), x, cache=c)
+        g = nnxc.trace(m, "f32[B,4]", variables=variables, cache=c)
+
+        def want(x, cache):
+            return m.apply(variables, x, cache=cache)
+    else:
+        def f(x, cache):
+            return jnp.tanh(x[:, :3]) * cache
+        g = nnxc.trace(f, "f32[B,4]", cache=c)
+        want = f
+    assert [v.name for v in g.inputs] == ["x", "cache"]
+    assert not any(v.type.size() == 3 for v in g.consts if v.type.is_static)  # not baked in
+    exe = nnxc.compile(g)
+    other = np.array([1.0, -3.0, 0.5], np.float32)  # a different value than at trace time
+    for b in (1, 3):
+        xb = _x(b)
+        assert np.array_equal(np.asarray(exe(xb, cache=other)), np.asarray(want(xb, other)))
+    with pytest.raises(nnxc.NnxcError, match="cache"):
+        exe(x)
+    assert nnxc.crosscheck(g).ok
