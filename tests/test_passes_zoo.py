@@ -1,12 +1,11 @@
 """Every zoo model through every pipeline: results kept on XLA and onnxruntime, pipelines
 idempotent and deterministic.
 
-Tolerances: the cleanup passes reproduce the unoptimized graph bit for bit (outputs and
-state updates). "default" adds fusions; their XLA lowerings follow Flax's and jax.nn's own
-formulas, so the zoo stays bit-exact, but the test allows rtol 1e-6. "inference" also
-freezes (XLA then folds constants itself) and folds BatchNorm into weights: rtol 1e-5,
-atol 1e-5. onnxruntime against XLA: rtol 1e-4, atol 1e-5 (native LayerNormalization,
-Attention, Gelu compute in their own order).
+The reference is the model's own jax.jit / nnx.jit (zoo.reference), called as users call
+it. "none" and "default" must reproduce it bit for bit, outputs and state updates. "fast"
+adds fusions and folds float math: rtol 1e-5. "inference" also freezes (XLA then folds
+constants itself) and folds BatchNorm into weights: rtol 1e-5, atol 1e-5. onnxruntime:
+rtol 1e-4, atol 1e-5 (native LayerNormalization, Attention, Gelu compute in their own order).
 """
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ from nnxc.ir import parse, verify
 from nnxc.passes import PRESETS
 
 CLEANUP = ["simplify", "fold-constants", "cse", "dce"]
-TOL = {"cleanup": (0, 0), "default": (1e-6, 1e-6), "inference": (1e-5, 1e-5)}
+TOL = {"none": (0, 0), "cleanup": (0, 0), "default": (0, 0), "fast": (1e-5, 1e-5),
+       "inference": (1e-5, 1e-5)}
 
 
 @pytest.fixture(scope="module", params=zoo.CASES, ids="-".join)
@@ -32,7 +32,7 @@ def case(request):
     train = mode == "train"
     graph = zoo.trace(name, zoo.make(name, train), train)
     xs = zoo.example_inputs(name, 3)
-    out, state = nnxc.compile(graph).apply(graph.state(), *xs)
+    out, state = zoo.reference(name, zoo.make(name, train), *xs, train=train)
     return name, graph, xs, jax.tree_util.tree_leaves(out), state
 
 
@@ -50,8 +50,8 @@ def _equal(got, want, rtol, atol, what):
             np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=what)
 
 
-@pytest.mark.parametrize("which", [pytest.param("cleanup", marks=pytest.mark.slow), "default",
-                                   "inference"])
+@pytest.mark.parametrize("which", [pytest.param("cleanup", marks=pytest.mark.slow), "none",
+                                   "default", "fast", "inference"])
 def test_pipeline_keeps_results_on_xla(case, which):
     name, graph, xs, want, want_state = case
     opt = nnxc.optimize(graph, _pipeline(which))
@@ -61,8 +61,7 @@ def test_pipeline_keeps_results_on_xla(case, which):
     rtol, atol = TOL[which]
     _equal(jax.tree_util.tree_leaves(out), want, rtol, atol, f"{name} {which} outputs")
     if which != "inference":  # inference prunes every update
-        assert sorted(state) == sorted(want_state) or set(state) <= set(want_state)
-        updated = {p for p, _ in graph.updates}
+        updated = {p for p, _ in graph.updates if p in want_state}
         _equal([state[p] for p in sorted(updated)], [want_state[p] for p in sorted(updated)],
                rtol, atol, f"{name} {which} state")
 
