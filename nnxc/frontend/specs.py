@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from ..errors import SpecError
-from ..ir.types import DTYPE_NAMES, to_dtype
+from ..ir.types import DTYPE_NAMES, DimError, canonical_dim, solvable_symbols, to_dtype
 
 _SPEC = re.compile(r"\s*([a-z][a-z0-9]*|key<[a-z]+>)\s*\[([^\]]*)\]\s*")
 
@@ -21,19 +21,63 @@ def parse_spec(text: str) -> tuple[str, str]:
     if dtype not in DTYPE_NAMES:
         raise SpecError(f"bad input spec {text!r}: unknown dtype {dtype!r} "
                         f"(one of {', '.join(sorted(d for d in DTYPE_NAMES if '<' not in d))})")
-    for d in (x.strip() for x in dims.split(",") if x.strip()):
-        if not re.fullmatch(r"\d+|[A-Za-z_][A-Za-z0-9_]*|[A-Za-z0-9_+*\- ()]+", d):
-            raise SpecError(f"bad input spec {text!r}: bad dim {d!r}")
+    spec_dims(text, dims)
     return dtype, dims
+
+
+def _split_dims(dims: str) -> list[str]:
+    """Top-level comma-separated parts (commas inside ``floordiv(B,2)`` stay)."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(dims):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            parts.append(dims[start:i])
+            start = i + 1
+    parts.append(dims[start:])
+    return [p.strip() for p in parts]
+
+
+def spec_dims(text: str, dims: str) -> tuple:
+    """The dims of a spec's ``dims`` text as IR dims (ints and canonical DimExprs)."""
+    if not dims.strip():
+        return ()
+    out = []
+    for d in _split_dims(dims):
+        if not d:
+            raise SpecError(f"bad input spec {text!r}: empty dim")
+        try:
+            out.append(canonical_dim(int(d) if d.isdigit() else d))
+        except DimError as e:
+            raise SpecError(f"bad input spec {text!r}: bad dim {d!r}: {e.msg}") from None
+        if isinstance(out[-1], int) and out[-1] < 0:
+            raise SpecError(f"bad input spec {text!r}: negative dim {d!r}")
+    return tuple(out)
+
+
+def check_solvable(specs: dict[str, tuple]) -> None:
+    """Refuse symbols that cannot be read off the argument shapes when the model is called:
+    each must be some input's dim alone (``B``) or linear in it (``2*K``, ``K+1``, ``B*T``
+    once ``B`` is known). ``specs`` maps a spec's text to its dims."""
+    dims = [d for ds in specs.values() for d in ds]
+    known = solvable_symbols(dims)
+    for text, ds in specs.items():
+        for d in ds:
+            if isinstance(d, str) and not d.symbols <= known:
+                missing = ", ".join(sorted(d.symbols - known))
+                raise SpecError(f"bad input spec {text!r}: the size of {missing} cannot be read "
+                                f"off the argument shapes ({d} is not linear in it); use the "
+                                f"symbol alone (like K) or linearly (like 2*K or K+1) in some input")
 
 
 def abstract_args(args) -> tuple:
     """Map every leaf of ``args`` to a ShapeDtypeStruct; spec strings share one symbolic scope."""
     scope = jax.export.SymbolicScope()
+    seen: dict[str, tuple] = {}
 
     def one(x):
         if isinstance(x, str):
             dtype, dims = parse_spec(x)
+            seen[x] = spec_dims(x, dims)
             try:
                 shape = jax.export.symbolic_shape(dims, scope=scope) if dims.strip() else ()
             except Exception as e:  # noqa: BLE001 - jax raises several types here
@@ -49,7 +93,14 @@ def abstract_args(args) -> tuple:
         raise SpecError(f"example argument of type {type(x).__name__} is not an array, "
                         "ShapeDtypeStruct or spec string like 'f32[B,784]'")
 
-    return jax.tree_util.tree_map(one, tuple(args))
+    out = jax.tree_util.tree_map(one, tuple(args))
+    if any(isinstance(d, str) for ds in seen.values() for d in ds):
+        for leaf in jax.tree_util.tree_leaves(out):  # symbolic ShapeDtypeStructs given as such
+            ds = tuple(canonical_dim(str(d)) for d in leaf.shape if not isinstance(d, int))
+            if ds:
+                seen.setdefault(str(leaf), ds)
+        check_solvable(seen)
+    return out
 
 
 def concrete_shape(shape, size: int = 2) -> tuple[int, ...]:

@@ -8,8 +8,9 @@ scalar constant ``{"value": SCALAR, "dtype": "f32"}``::
      "inputs":    [{"id": "x", "name": "x", "type": TYPE}],
      "variables": [{"id": "l1.kernel", "path": "l1.kernel", "kind": "Param", "type": TYPE,
                     "meta": {NAME: ATTR}}],
-     "consts":    [{"id": "c0", "type": TYPE, "data": [SCALAR, ...]}      # <= 16 elements
-                   {"id": "c1", "type": TYPE, "digest": "3f9a..."}],      # larger: content hash
+     "consts":    [{"id": "c0", "type": TYPE, "data": [SCALAR, ...]}      # the values, or
+                   {"id": "c1", "type": TYPE, "digest": "3f9a..."}],      # content hash (elided,
+                                                          # as the text form elides them)
      "nodes":     [NODE],
      "updates":   [{"path": "bn.mean", "value": OPERAND}],
      "outputs":   [OPERAND],
@@ -39,7 +40,7 @@ import numpy as np
 from ..errors import NnxcError
 from .attrs import DType, EnumVal, Record, SymDim, format_float
 from .graph import Elided, Graph, Node, Region, Value, Variable
-from .printer import DENSE_LIMIT, _Namer, format_tree, is_inline_const
+from .printer import DENSE_LIMIT, _Namer, format_tree, is_inline_const, prints_full_constants
 from .types import TensorType, to_dtype
 
 SCHEMA, VERSION = "nnxc-ir", 1
@@ -113,9 +114,15 @@ def encode_attr(v: Any):
     raise TypeError(f"not an attribute value: {v!r} ({type(v).__name__})")
 
 
-def to_json(graph: Graph, indent: int | None = 1) -> str:
-    """The graph as JSON text (schema ``nnxc-ir`` version 1, see the module docstring)."""
+def to_json(graph: Graph, indent: int | None = 1, full_constants: bool | None = None) -> str:
+    """The graph as JSON text (schema ``nnxc-ir`` version 1, see the module docstring).
+
+    ``full_constants`` as in ``print_graph``: True gives every constant's data, False a
+    digest for those over 16 elements, None (default) the data when all constants
+    together take at most 64 KiB.
+    """
     namer = value_names(graph)
+    full = prints_full_constants(graph, full_constants)
 
     def ref(v: Value):
         if is_inline_const(v):
@@ -140,7 +147,7 @@ def to_json(graph: Graph, indent: int | None = 1) -> str:
 
     def const(i: int, c: Value) -> dict:
         out = {"id": f"c{i}", "type": _type(c.type)}
-        if isinstance(c.data, Elided) or np.asarray(c.data).size > DENSE_LIMIT:
+        if isinstance(c.data, Elided) or (not full and np.asarray(c.data).size > DENSE_LIMIT):
             out["digest"] = c.data.digest if isinstance(c.data, Elided) else Elided.of(c.data).digest
         else:
             out["data"] = [_scalar(x, c.type.dtype) for x in np.asarray(c.data).reshape(-1)]

@@ -11,7 +11,7 @@ from typing import Callable
 from .._registry import registrar
 from ..frontend import _jax_compat as jc
 from .graph import Node
-from .types import TensorType, dim_text, to_dtype
+from .types import DimOps, TensorType, dim_text, parse_dim, to_dtype
 
 ShapeRule = Callable[[Node, list, dict], list]
 SHAPE_RULES: dict[str, ShapeRule] = {}
@@ -24,8 +24,44 @@ class ShapeError(ValueError):
 shape_rule = registrar(SHAPE_RULES)
 
 
+class JaxDimOps(DimOps):
+    """Evaluate dims to JAX dims: ints where the symbols are ints, else symbolic dims.
+
+    A symbol missing from ``env`` becomes a new JAX symbolic dim, in the scope kept under
+    ``env["__scope__"]`` (the convention ``_jax_compat.eval_dim`` follows too), and is
+    remembered in ``env``.
+    """
+
+    def symbol(self, name: str, env):
+        if name not in env:
+            import jax
+            scope = env.setdefault("__scope__", jax.export.SymbolicScope())
+            env[name] = jax.export.symbolic_shape(name, scope=scope)[0]
+        return env[name]
+
+    def max(self, a, b):
+        if isinstance(a, int) and isinstance(b, int):
+            return max(a, b)
+        return jc.core.max_dim(a, b)
+
+    def min(self, a, b):
+        if isinstance(a, int) and isinstance(b, int):
+            return min(a, b)
+        return jc.core.min_dim(a, b)
+
+
+JAX_DIM_OPS = JaxDimOps()
+
+
+def jax_dim(d, env: dict):
+    """An IR dim (int or expression) as a JAX dim, symbols from ``env`` (see JaxDimOps)."""
+    if isinstance(d, int):
+        return d
+    return parse_dim(d).evaluate(env, JAX_DIM_OPS)
+
+
 def aval(t: TensorType, env: dict):
-    shape = tuple(d if isinstance(d, int) else jc.eval_dim(d, env) for d in t.shape)
+    shape = tuple(jax_dim(d, env) for d in t.shape)
     return jc.shaped_array(shape, to_dtype(t.dtype))
 
 

@@ -1,6 +1,7 @@
 """Parse the text form back into a Graph: ``print(parse(text)) == text``."""
 from __future__ import annotations
 
+import os
 import re
 
 import jax
@@ -8,8 +9,8 @@ import numpy as np
 
 from ..errors import NnxcError
 from .attrs import DType, EnumVal, Record, SymDim
-from .graph import Elided, Graph, Node, Region, Value, Variable
-from .types import DTYPE_NAMES, TensorType, to_dtype
+from .graph import Elided, Graph, Node, Region, Value, Variable, content_hash
+from .types import DTYPE_NAMES, DimError, TensorType, canonical_dim, to_dtype
 
 
 class IRParseError(NnxcError, ValueError):
@@ -21,6 +22,35 @@ class IRParseError(NnxcError, ValueError):
         if text:
             where += f"\n  {text}\n  {' ' * (col - 1)}^"
         super().__init__(where)
+
+
+class ElidedConstantError(NnxcError, ValueError):
+    """A graph whose constant is ``elided<hash>`` (IR text holds its hash, not its data) was
+    asked to run or export."""
+
+    @classmethod
+    def of(cls, v: Value, more: int = 0) -> "ElidedConstantError":
+        name = f"%{v.name} " if v.name else ""
+        others = f" (and {more} more)" if more else ""
+        return cls(
+            f"constant {name}({v.type}){others} was elided in the IR text: the text has its "
+            f"hash (elided<{v.data.digest}>), not its data, so the graph cannot run. Print the "
+            "graph with its constants -- nnxc.ir.print_graph(graph, full_constants=True), or "
+            "the --full-constants flag of `nnxc ir` / --dump-ir -- or write the text with a "
+            "sidecar (nnxc.ir.printer.write_text(graph, path, sidecar=True)) and parse it with "
+            "nnxc.ir.parse(text, sidecar=path + '.safetensors')")
+
+
+def elided_constants(graph: Graph) -> list[Value]:
+    """The graph's constants that have no data (``elided<hash>`` in the text it came from)."""
+    return [c for c in graph.consts if isinstance(c.data, Elided)]
+
+
+def require_constant_data(graph: Graph) -> None:
+    """Raise ElidedConstantError when a constant of ``graph`` has no data."""
+    missing = elided_constants(graph)
+    if missing:
+        raise ElidedConstantError.of(missing[0], len(missing) - 1)
 
 
 _NAME = re.compile(r"%([A-Za-z0-9_.\-]+)")
@@ -96,10 +126,11 @@ class _Cursor:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, sidecar=None):
         self.lines = text.split("\n")
         self.i = 0
         self.scopes: list[dict[str, Value]] = [{}]
+        self.sidecar = sidecar  # hash -> array (a Mapping, or a _Sidecar file)
 
     # -- values ----------------------------------------------------------------
     def define(self, cur: _Cursor, name: str, v: Value, pos: int):
@@ -133,19 +164,34 @@ class _Parser:
         dims = []
         if not cur.accept("]"):
             while True:
-                cur.ws()
-                j = cur.pos
-                while j < len(cur.text) and cur.text[j] not in ",]":
-                    j += 1
-                tok = cur.text[cur.pos:j].strip()
-                if not tok or " " in tok:
-                    cur.error("expected a dim (an integer or a symbol) then ',' or ']'")
-                dims.append(int(tok) if tok.lstrip("-").isdigit() else tok)
-                cur.pos = j
+                dims.append(self.dim(cur))
                 if cur.accept("]"):
                     break
                 cur.expect(",")
         return TensorType(tuple(dims), dtype)
+
+    def dim(self, cur: _Cursor):
+        """One dim: an integer or an expression (commas inside parentheses belong to it)."""
+        cur.ws()
+        start = j = cur.pos
+        depth = 0
+        while j < len(cur.text) and (depth or cur.text[j] not in ",]"):
+            depth += {"(": 1, ")": -1}.get(cur.text[j], 0)
+            if depth < 0:
+                break
+            j += 1
+        tok = cur.text[start:j].strip()
+        if not tok:
+            cur.error("expected a dim (an integer or a symbolic expression) then ',' or ']'")
+        if tok.lstrip("-").isdigit():
+            cur.pos = j
+            return int(tok)
+        try:
+            d = canonical_dim(tok)
+        except DimError as e:
+            cur.error(f"bad dim {tok!r}: {e.msg}", start + (e.col or 1) - 1)
+        cur.pos = j
+        return d
 
     def typed_name(self, cur: _Cursor) -> tuple[str, int, TensorType]:
         cur.ws()
@@ -333,9 +379,12 @@ class _Parser:
 
     def const_data(self, cur: _Cursor, t: TensorType):
         if cur.accept("elided<"):
+            pos = cur.pos
             digest = cur.match(re.compile(r"[0-9a-f]+"), "a hex digest")
             cur.expect(">")
-            return Elided(digest)
+            if self.sidecar is None:
+                return Elided(digest)
+            return self.restore(cur, digest, t, pos)
         cur.expect("dense<[")
         vals = []
         if not cur.accept("]"):
@@ -349,6 +398,26 @@ class _Parser:
         if len(vals) != size or not t.is_static:
             cur.error(f"dense constant has {len(vals)} values for type {t}")
         return np.asarray(vals, dtype=to_dtype(t.dtype)).reshape(t.shape)
+
+    def restore(self, cur: _Cursor, digest: str, t: TensorType, pos: int):
+        """The data of ``elided<digest>`` from the sidecar, checked against type and hash."""
+        try:
+            a = self.sidecar[digest]
+        except KeyError:
+            cur.error(f"elided<{digest}> is not in the sidecar", pos)
+        a = np.asarray(a)
+        want = to_dtype(t.dtype)
+        if a.dtype != want and a.dtype == np.uint8 and t.is_static:  # stored as its bytes
+            if a.size == want.itemsize * int(np.prod(t.shape, dtype=np.int64)):
+                a = np.ascontiguousarray(a).reshape(-1).view(want)
+        if a.dtype != want or not t.is_static or a.size != int(np.prod(t.shape, dtype=np.int64)):
+            cur.error(f"the sidecar holds {a.dtype}{list(a.shape)} for elided<{digest}>, "
+                      f"the constant is {t}", pos)
+        a = a.reshape(t.shape)
+        if content_hash(a) != digest:
+            cur.error(f"the sidecar's data for elided<{digest}> has another hash "
+                      f"({content_hash(a)}): it belongs to other text", pos)
+        return a
 
     def node(self, cur: _Cursor) -> Node:
         outs: list[tuple[str, int, TensorType]] = []
@@ -480,9 +549,34 @@ class _Parser:
         return _Record(cls, items)
 
 
-def parse(text: str) -> Graph:
-    """Parse IR text. Raises IRParseError with the line and column of the first problem."""
-    p = _Parser(text)
+class _Sidecar:
+    """The tensors of a safetensors sidecar file, read when asked for."""
+
+    def __init__(self, path):
+        from safetensors import safe_open
+        self.path = os.fspath(path)
+        try:
+            self.file = safe_open(self.path, framework="numpy")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise NnxcError(f"cannot read the constants sidecar {self.path}: {e}") from None
+        self.keys = set(self.file.keys())
+
+    def __getitem__(self, key: str):
+        if key not in self.keys:
+            raise KeyError(key)
+        return self.file.get_tensor(key)
+
+
+def parse(text: str, sidecar=None) -> Graph:
+    """Parse IR text. Raises IRParseError with the line and column of the first problem.
+
+    ``sidecar``: the safetensors file ``write_text(..., sidecar=...)`` wrote (a path), or a
+    mapping hash -> array; each ``elided<hash>`` constant then gets its data back (checked
+    against its type and hash), so the graph runs. Without it they stay ``Elided``.
+    """
+    if sidecar is not None and isinstance(sidecar, (str, os.PathLike)):
+        sidecar = _Sidecar(sidecar)
+    p = _Parser(text, sidecar)
     g = p.graph()
     while p.i < len(p.lines):
         if p.lines[p.i].strip():

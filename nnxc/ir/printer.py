@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -18,7 +19,9 @@ from .attrs import format_attr, format_float
 from .graph import Elided, Graph, Node, Region, Value
 from .types import to_dtype
 
-DENSE_LIMIT = 16  # constants with more elements print as elided<hash>
+DENSE_LIMIT = 16  # with constants elided, those with more elements print as elided<hash>
+FULL_CONSTANTS_LIMIT = 64 * 1024  # graphs whose constants take at most this many bytes
+# print them all by default, so their text is the whole program
 _RESERVED = re.compile(r"\d+|c\d+")
 _IDENT = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -36,13 +39,48 @@ def format_scalar(x, dtype: str) -> str:
     return format_float(float(np.float64(x)))
 
 
-def format_const(v: Value) -> str:
+def format_const(v: Value, full: bool = False) -> str:
+    """``dense<[...]>`` with every value (exact: each reads back to the same bits, NaN
+    payloads aside), or ``elided<hash>`` for data over DENSE_LIMIT elements unless ``full``."""
     if isinstance(v.data, Elided):
         return f"elided<{v.data.digest}>"
     flat = np.asarray(v.data).reshape(-1)
-    if flat.size > DENSE_LIMIT:
+    if flat.size > DENSE_LIMIT and not full:
         return f"elided<{Elided.of(v.data).digest}>"
-    return "dense<[" + ",".join(format_scalar(x, v.type.dtype) for x in flat) + "]>"
+    return "dense<[" + ",".join(_format_values(flat, v.type.dtype)) + "]>"
+
+
+def _format_values(flat: np.ndarray, dtype: str) -> list[str]:
+    if flat.size <= DENSE_LIMIT:
+        return [format_scalar(x, dtype) for x in flat]
+    if dtype == "bool":
+        return ["True" if x else "False" for x in flat.tolist()]
+    if dtype.startswith(("i", "u")):
+        return [str(x) for x in flat.tolist()]
+    if dtype in ("f32", "f16"):  # numpy's shortest round-trip text, like format_scalar
+        return [s if any(c in s for c in ".en") else s + ".0"
+                for s in flat.astype(to_dtype(dtype)).astype(str).tolist()]
+    if dtype == "f64":
+        return [format_float(x) for x in flat.astype(np.float64).tolist()]
+    return [format_scalar(x, dtype) for x in flat]
+
+
+def const_bytes(g: Graph) -> int:
+    """Bytes of the graph's constants that have data (elided ones count nothing)."""
+    return sum(_nbytes(c.data) for c in g.consts if not isinstance(c.data, Elided))
+
+
+def _nbytes(x) -> int:
+    n = getattr(x, "nbytes", None)
+    return int(n) if n is not None else np.asarray(x).nbytes
+
+
+def prints_full_constants(g: Graph, full_constants: bool | None = None) -> bool:
+    """Whether the text shows every constant's data: as asked, or by default when they
+    take at most FULL_CONSTANTS_LIMIT bytes."""
+    if full_constants is not None:
+        return bool(full_constants)
+    return const_bytes(g) <= FULL_CONSTANTS_LIMIT
 
 
 def is_inline_const(v: Value) -> bool:
@@ -115,7 +153,16 @@ def _format_obj(o: Any) -> str:
     return type(o).__name__ + "{" + ", ".join(f"{k}={_format_obj(x)}" for k, x in items) + "}"
 
 
-def print_graph(g: Graph, locs: bool = True) -> str:
+def print_graph(g: Graph, locs: bool = True, full_constants: bool | None = None) -> str:
+    """The text form of ``g``; ``locs=False`` leaves out source locations.
+
+    ``full_constants``: True prints every constant's data, so that ``parse`` gives back a
+    graph that runs; False prints constants of more than DENSE_LIMIT elements as
+    ``elided<hash>`` (short text; the data can go to a sidecar, see ``write_text``); None
+    (the default) prints them in full when together they take at most
+    FULL_CONSTANTS_LIMIT (64 KiB), else elides them.
+    """
+    full = prints_full_constants(g, full_constants)
     namer = _Namer()
     lines: list[str] = []
     for v in g.inputs:
@@ -132,7 +179,7 @@ def print_graph(g: Graph, locs: bool = True) -> str:
     for i, c in enumerate(g.consts):
         namer.fixed(c, f"c{i}")
         namer.names[id(c)] = f"c{i}"
-        lines.append(f"  const %c{i}: {c.type} = {format_const(c)}")
+        lines.append(f"  const %c{i}: {c.type} = {format_const(c, full)}")
     _print_nodes(g.nodes, namer, lines, "  ", locs)
     for path, v in g.updates:
         lines.append(f"  update %{namer.names.get(id(g.variable(path).value), path)} = {namer.ref(v)}")
@@ -169,3 +216,61 @@ def _print_region(region: Region, namer: _Namer, lines: list[str], indent: str, 
     lines.append(f"{indent[:-2]}^({args}):")
     _print_nodes(region.nodes, namer, lines, indent, locs)
     lines.append((f"{indent}yield " + ", ".join(namer.ref(v) for v in region.results)).rstrip())
+
+
+# -- writing text files, with a sidecar for the elided constants ------------------------
+
+SIDECAR_SUFFIX = ".safetensors"
+# dtypes safetensors cannot read back into numpy go in as their bytes (uint8)
+_SIDECAR_NATIVE = frozenset({"bool", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64",
+                             "f16", "bf16", "f32", "f64", "c64", "c128"})
+
+
+def elided_arrays(g: Graph, full_constants: bool | None = False) -> dict[str, np.ndarray]:
+    """The data of the constants ``print_graph(g, full_constants=...)`` elides, by hash."""
+    if prints_full_constants(g, full_constants):
+        return {}
+    out = {}
+    for c in g.consts:
+        if isinstance(c.data, Elided):
+            continue
+        a = np.asarray(c.data)
+        if a.size > DENSE_LIMIT:
+            out[Elided.of(a).digest] = a
+    return out
+
+
+def sidecar_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A safetensors file holding ``arrays`` (hash -> array); dtypes safetensors cannot
+    hold natively (float8) are stored as their raw bytes, the IR type says what they are."""
+    from safetensors.numpy import save
+    from .types import dtype_name
+    tensors = {}
+    for key, a in sorted(arrays.items()):
+        a = np.ascontiguousarray(a)
+        if dtype_name(a.dtype) not in _SIDECAR_NATIVE:
+            a = a.reshape(-1).view(np.uint8)
+        tensors[key] = a
+    return save(tensors, metadata={"format": "nnxc-ir-constants"})
+
+
+def write_text(g: Graph, path, *, locs: bool = True, full_constants: bool | None = None,
+               sidecar=None) -> str | None:
+    """Write ``print_graph(g, locs, full_constants)`` to ``path`` atomically.
+
+    ``sidecar``: True writes the data of the elided constants, keyed by their hash, to
+    ``<path>.safetensors``; a path writes it there; None/False writes no sidecar. Returns
+    the sidecar's path, or None. ``nnxc.ir.parse(text, sidecar=that_path)`` restores the
+    constants, so the parsed graph runs.
+    """
+    from .._files import atomic_write
+    path = os.fspath(path)
+    text = print_graph(g, locs=locs, full_constants=full_constants)
+    where = None
+    if sidecar:
+        where = path + SIDECAR_SUFFIX if sidecar is True else os.fspath(sidecar)
+        if os.path.abspath(where) == os.path.abspath(path):
+            raise ValueError("the sidecar needs a path other than the text's")
+        atomic_write(where, sidecar_bytes(elided_arrays(g, full_constants)))
+    atomic_write(path, text)
+    return where

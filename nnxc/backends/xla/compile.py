@@ -9,15 +9,15 @@ import numpy as np
 
 from ...errors import NnxcError
 from ...ir.graph import Graph
-from ...ir.types import to_dtype
-from .lower import run_graph, updated_paths
+from ...ir.ops import jax_dim
+from ...ir.parser import require_constant_data
+from ...ir.types import DimError, parse_dim, solve_dims, to_dtype
+from .lower import DimMismatchError, run_graph, updated_paths
 
 
 def _struct(t, dims: dict | None = None):
-    from ...frontend._jax_compat import eval_dim
     env = {} if dims is None else dims
-    shape = tuple(d if isinstance(d, int) else eval_dim(d, env) for d in t.shape)
-    return jax.ShapeDtypeStruct(shape, to_dtype(t.dtype))
+    return jax.ShapeDtypeStruct(tuple(jax_dim(d, env) for d in t.shape), to_dtype(t.dtype))
 
 
 class Compiled:
@@ -30,6 +30,7 @@ class Compiled:
     """
 
     def __init__(self, graph: Graph, state: dict | None = None, mesh=None):
+        require_constant_data(graph)  # a graph parsed from text with elided<hash> constants
         self.graph = graph
         self.mesh = mesh
         self._inputs = [v for v in graph.variables if not v.meta.get("new")]
@@ -93,7 +94,34 @@ class Compiled:
                     isinstance(d, int) and d != s for d, s in zip(v.type.shape, x.shape)):
                 raise NnxcError(f"argument {v.name}: shape {tuple(x.shape)}, expected {v.type}")
             out.append(x)
+        self._check_dims(out)
         return out
+
+    def _check_dims(self, args: list) -> None:
+        """Symbolic dims must fit the shapes: one value per symbol (``2*K`` is even, ...).
+        Dims whose symbols no input determines (``K*K``) are left to JAX."""
+        pairs, where = [], []
+        for v, x in zip(self.graph.inputs, args):
+            for axis, (d, n) in enumerate(zip(v.type.shape, x.shape)):
+                if isinstance(d, str):
+                    pairs.append((d, n))
+                    where.append((v, axis))
+        if not pairs:
+            return
+        try:
+            solve_dims(pairs, strict=False)
+        except DimError:
+            pass
+        else:
+            return
+        for i in range(1, len(pairs) + 1):  # name the first argument that does not fit
+            try:
+                solve_dims(pairs[:i], strict=False)
+            except DimError as e:
+                v, axis = where[i - 1]
+                shape = tuple(a.shape for w, a in zip(self.graph.inputs, args) if w is v)[0]
+                raise DimMismatchError(f"argument {v.name}: shape {tuple(shape)}, expected {v.type} "
+                                       f"(dim {axis}: {e.msg})") from None
 
     def apply(self, state: dict, *args):
         """Pure call: ``(outputs, new_state)``; ``state`` maps variable paths to arrays."""
@@ -156,9 +184,8 @@ class Compiled:
 
     def _example_dims(self) -> dict:
         """Symbolic dims at size 1, for dumps of graphs with symbolic inputs."""
-        import re
         names = {n for v in self.graph.inputs for d in v.type.shape if isinstance(d, str)
-                 for n in re.findall(r"[A-Za-z_]\w*", d)}
+                 for n in parse_dim(d).symbols}
         return {n: 1 for n in names}
 
 

@@ -15,12 +15,20 @@ import numpy as np
 from jax import lax
 
 from ..._registry import registrar
-from ...errors import UnsupportedOpError
+from ...errors import NnxcError, UnsupportedOpError
 from ...frontend import _jax_compat as jc
 from ...ir.graph import Elided, Graph, Node, Region, Value
-from ...ir.types import is_plain_symbol, to_dtype
+from ...ir.ops import jax_dim
+from ...ir.parser import ElidedConstantError
+from ...ir.types import DimError, is_plain_symbol, solve_dims, to_dtype
 
 Rule = Callable[[Node, list, dict], list]
+
+
+class DimMismatchError(NnxcError, ValueError):
+    """Arguments whose shapes fit no values of the graph's dim symbols."""
+
+
 XLA_RULES: dict[str, Rule] = {}
 
 
@@ -41,8 +49,7 @@ def default_rule(node: Node, args: list, dims: dict) -> list:
 
 def const_array(v: Value):
     if isinstance(v.data, Elided):
-        raise ValueError(f"constant {v.type} was elided in the IR text (hash {v.data.digest}); "
-                         "it has no data to run")
+        raise ElidedConstantError.of(v)
     return v.data
 
 
@@ -63,12 +70,34 @@ def run_region(region: Region, args: list, dims: dict) -> list:
 
 
 def bind_dims(graph: Graph, args: list) -> dict:
-    """Sizes of the graph's symbolic dims, read off the actual arguments."""
-    dims: dict = {}
+    """Values of the graph's dim symbols, read off the actual arguments' shapes.
+
+    With concrete shapes every symbol is solved for (``B`` from ``B``, ``K`` from ``2*K``;
+    see ``solve_dims``), and a shape that fits no value raises ``DimMismatchError`` (a
+    symbol no input dim determines, as in ``K*K``, is left out). With
+    symbolic shapes (``jax.export``), a plain symbol takes the argument's dim, and the
+    symbols only seen in expressions are made in the arguments' symbolic scope, so they
+    are the ones JAX solves for from the same shapes.
+    """
+    pairs = []
     for v, a in zip(graph.inputs, args):
         for d, actual in zip(v.type.shape, np.shape(a) if not hasattr(a, "shape") else a.shape):
-            if is_plain_symbol(d):
-                dims.setdefault(d, actual)
+            if isinstance(d, str):
+                pairs.append((d, actual))
+    if all(isinstance(n, (int, np.integer)) for _, n in pairs):
+        try:
+            return solve_dims(pairs, strict=False)
+        except DimError as e:
+            raise DimMismatchError(f"argument shapes do not fit the graph's input types: {e.msg}") from None
+    dims: dict = {}
+    for d, actual in pairs:
+        if is_plain_symbol(d):
+            dims.setdefault(d, actual)
+    scope = next((n.scope for _, n in pairs if hasattr(n, "scope")), None)
+    if scope is not None:
+        dims.setdefault("__scope__", scope)
+    for d, _ in pairs:
+        jax_dim(d, dims)  # makes the missing symbols in the arguments' scope
     return dims
 
 
