@@ -111,3 +111,16 @@ def test_array_keyword_arguments_become_inputs_named_by_keyword(kind):
     with pytest.raises(nnxc.NnxcError, match="cache"):
         exe(x)
     assert nnxc.crosscheck(g).ok
+
+
+def test_check_names_the_first_pass_that_changes_the_bits():
+    """The MLP in eval mode is bit-exact until BatchNorm is folded into the weights."""
+    import zoo
+    model = zoo.make("mlp")
+    g = nnxc.optimize(zoo.trace("mlp", model), "inference")
+    report = nnxc.crosscheck(g, backends=("jax", "xla"))
+    assert report.ok and not report.exact_promised
+    assert report.first_difference == "fold-batchnorm", str(report)
+    assert "first pass that changes the bits: fold-batchnorm" in str(report)
+    exact = nnxc.crosscheck(nnxc.optimize(zoo.trace("mlp", model), "default"), backends=("jax", "xla"))
+    assert exact.ok and exact.exact_promised and "bit-exact promised" in str(exact)

@@ -292,3 +292,22 @@ def test_cleanups_keep_results_bit_for_bit_in_train_mode():
     for path in sb:  # the BatchNorm statistics and RNG count move the same way
         if "key" not in path:
             np.testing.assert_array_equal(np.asarray(sa[path]), np.asarray(sb[path]))
+
+
+@pytest.mark.parametrize("pipeline", ["default", "fast", "inference"])
+def test_folding_keeps_ieee_nan_and_inf_positions(pipeline):
+    """Division by zero and logs of negatives inside constant subgraphs give NaN/inf exactly
+    where the model's jax.jit gives them (default: bit for bit)."""
+    def f(x):
+        c = jnp.arange(4.0) - 1.0                       # [-1, 0, 1, 2]
+        return x * (1.0 / c) + jnp.log(c) + jnp.sqrt(c) * (c // 0.0)
+
+    g = nnxc.optimize(nnxc.trace(f, "f32[B,4]"), pipeline)
+    x = np.ones((2, 4), np.float32)
+    got, want = outputs(g, x)[0][0], np.asarray(jax.jit(f)(x))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    if pipeline == "default":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6)

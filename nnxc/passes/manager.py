@@ -81,6 +81,9 @@ def optimize(graph: Graph, pipeline="default", freeze=None, prune=None, verify: 
         g = Rebuild(graph).run()
     g.meta["passes"] = tuple(done)
     g.meta["changed_passes"] = tuple(changed)
+    # what the pipeline started from, so a check can name the pass that changed results
+    source, before = graph.meta.get("source", (graph, ()))
+    g.meta["source"] = (source, tuple(before) + tuple(passes))
     return (g, record) if stats else g
 
 

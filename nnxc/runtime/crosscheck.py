@@ -23,6 +23,7 @@ class CrosscheckReport:
     reference: str = "jax"
     exact_promised: bool = False  # XLA must equal the reference bit for bit
     inexact: list = field(default_factory=list)  # passes that changed the graph and may round differently
+    first_difference: str | None = None  # the first pass after which XLA's bits differ
 
     @property
     def ok(self) -> bool:
@@ -40,6 +41,8 @@ class CrosscheckReport:
             else:
                 lines.append("xla: within tolerance, not bit-exact by promise: these passes change "
                              f"rounding: {', '.join(self.inexact)}")
+                if self.first_difference:
+                    lines.append(f"xla: the first pass that changes the bits: {self.first_difference}")
         return "\n".join(lines) + "\n" + format_table(self.rows)
 
 
@@ -63,7 +66,8 @@ def _is_concrete(x) -> bool:
 
 
 def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None, atol=None,
-               sizes=(1, 3), opset=None, seed: int = 0, **trace_kwargs) -> CrosscheckReport:
+               sizes=(1, 3), opset=None, seed: int = 0, bisect: bool = True,
+               **trace_kwargs) -> CrosscheckReport:
     """Compare backends on the same inputs; see the module docstring.
 
     ``graph_or_model``: a Graph, or anything ``nnxc.trace`` takes (then ``args`` are its
@@ -74,6 +78,8 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
     in different orders, so values near zero carry absolute, not relative, noise).
     Integers and booleans must match exactly. The reference is the model's own jitted
     function when the graph carries one, else XLA. Variable updates are compared against XLA.
+    XLA must equal the reference bit for bit unless a pass that changes rounding ran; then,
+    with ``bisect``, the report names the first pass after which XLA's bits differ.
     """
     if isinstance(graph_or_model, Graph):
         graph = graph_or_model
@@ -123,11 +129,39 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
             exact = backend == "xla" and report.exact_promised and rtol is None and atol is None
             for name, r, g in zip(names, ref, got[backend]):
                 report.rows.append(_row(name, size, backend, r, g, rtol, atol, exact))
+        if (bisect and report.first_difference is None and not report.exact_promised
+                and "xla" in got and "jax" in got and not _same(got["jax"], got["xla"])):
+            report.first_difference = first_changing_pass(graph, got["jax"], pos, kwa) or ""
         if session is not None and new_state is not None:
             for path, g in zip(update_paths, got["onnx"][len(names):]):
                 report.rows.append(_row(f"{path} (update)", size, "onnx", _host(new_state[path]), g,
                                         rtol, atol))
     return report
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        np.asarray(x).shape == np.asarray(y).shape
+        and np.array_equal(x, y, equal_nan=np.asarray(x).dtype.kind in "fc") for x, y in zip(a, b))
+
+
+def first_changing_pass(graph: Graph, want: list, args: tuple, kwargs: dict) -> str | None:
+    """Replay the passes that made ``graph`` one at a time from the traced graph, and name the
+    first one after which XLA's results differ from ``want`` (the model's own) bit for bit."""
+    from ..backends.xla.compile import compile
+    source, passes = graph.meta.get("source", (None, ()))
+    if source is None:
+        return None
+    g = source
+    for name, fn in passes:
+        new = fn(g)
+        if new is g:
+            continue
+        g = new
+        out = compile(g).apply(g.state(), *args, **kwargs)[0]
+        if not _same(want, [_host(x) for x in jax.tree_util.tree_leaves(out)]):
+            return name
+    return None
 
 
 def _row(name, size, backend, ref, got, rtol, atol, exact: bool = False) -> dict:

@@ -123,8 +123,11 @@ class Compiled:
                 raise DimMismatchError(f"argument {v.name}: shape {tuple(shape)}, expected {v.type} "
                                        f"(dim {axis}: {e.msg})") from None
 
-    def apply(self, state: dict, *args):
-        """Pure call: ``(outputs, new_state)``; ``state`` maps variable paths to arrays."""
+    def apply(self, state: dict, *args, **kwargs):
+        """Pure call: ``(outputs, new_state)``; ``state`` maps variable paths to arrays.
+
+        Array keyword arguments of the traced call are passed by keyword here too."""
+        args = args + self._kwargs(kwargs)
         missing = [v.path for v in self._inputs if state.get(v.path) is None]
         if missing:
             raise NnxcError(f"no value for variable(s) {', '.join(missing[:5])}"
@@ -147,8 +150,15 @@ class Compiled:
         return [jax.device_put(x, device) if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
                 else x for x in leaves]
 
-    def __call__(self, *args):
-        out, new_state = self.apply(self.state, *args)
+    def _kwargs(self, kwargs: dict) -> tuple:
+        names = tuple(self.graph.meta.get("kwarg_inputs", ()))
+        if set(kwargs) != set(names):
+            raise NnxcError(f"keyword arguments: the model was traced with {list(names) or 'none'}, "
+                            f"got {sorted(kwargs) or 'none'}")
+        return tuple(kwargs[n] for n in names)
+
+    def __call__(self, *args, **kwargs):
+        out, new_state = self.apply(self.state, *args, **kwargs)
         self.state = new_state
         return out
 
