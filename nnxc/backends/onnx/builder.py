@@ -8,11 +8,13 @@ every subgraph can refer to them.
 """
 from __future__ import annotations
 
+import operator
 import re
 
 import numpy as np
 from onnx import TensorProto, helper
 
+from ...ir.attrs import SymDim
 from ...ir.graph import Elided, Value
 from ...ir.types import TensorType
 from .table import Refused
@@ -45,6 +47,19 @@ def onnx_dims(t: TensorType) -> list:
 
 def value_info(name: str, t: TensorType):
     return helper.make_tensor_value_info(name, onnx_dtype(t.dtype), onnx_dims(t))
+
+
+def as_dim(d) -> int | str:
+    """A dim, axis or index as a Python int or a symbolic expression string. Attribute values
+    carry symbolic dims as ``SymDim`` (a tuple, which numpy would read as a nested
+    sequence) and integers as numpy scalars."""
+    if isinstance(d, SymDim):
+        d = d.expr
+    if isinstance(d, str):
+        return int(d) if d.lstrip("-").isdigit() else d
+    if isinstance(d, (float, tuple, list)) or not hasattr(d, "__index__"):
+        raise TypeError(f"expected an integer or a symbolic dim, got {d!r}")
+    return operator.index(d)
 
 
 def host_array(x) -> np.ndarray:
@@ -147,8 +162,11 @@ class Builder:
         return name
 
     def i64(self, *values) -> str:
-        """A 1-D int64 constant (axes, shapes, starts)."""
-        return self.const(np.asarray(values, dtype=np.int64).reshape(-1))
+        """A 1-D int64 constant (axes, shapes, starts); symbolic dims make it a shape tensor."""
+        dims = [as_dim(v) for v in values]
+        if any(isinstance(d, str) for d in dims):
+            return self.shape(dims)
+        return self.const(np.asarray(dims, dtype=np.int64).reshape(-1))
 
     def scalar(self, value, dtype: str) -> str:
         from ...ir.types import to_dtype
@@ -199,6 +217,7 @@ class Builder:
     # -- shapes ------------------------------------------------------------------
     def dim(self, d) -> str:
         """A [1]-shaped int64 tensor holding dim ``d`` (an int or a symbolic expression)."""
+        d = as_dim(d)
         if isinstance(d, int):
             return self.i64(d)
         cache = self.ctx.dims
@@ -208,7 +227,7 @@ class Builder:
 
     def shape(self, dims) -> str:
         """A 1-D int64 shape tensor for ``dims`` (ints and symbolic expressions)."""
-        dims = tuple(dims)
+        dims = tuple(as_dim(d) for d in dims)
         if all(isinstance(d, int) for d in dims):
             return self.i64(*dims)
         cache = self.ctx.dims
@@ -229,6 +248,7 @@ class Builder:
 
     def dim_scalar(self, d, dtype: str = "i64") -> str:
         """Dim ``d`` as a 0-d tensor of ``dtype``."""
+        d = as_dim(d)
         if isinstance(d, int):
             return self.scalar(d, dtype)
         x = self.op("Squeeze", self.dim(d), self.i64(0))
@@ -269,13 +289,26 @@ class Builder:
             ins.append(self.i64(*steps))
         return self.op("Slice", x, *ins)
 
-    def where(self, cond: str, a: str, b: str, dtype: str | None = None) -> str:
-        """``Where``; values of a ``dtype`` onnxruntime cannot select go through a wider type."""
+    def where(self, cond: str, a: str, b: str, dtype: str | None = None,
+              signed_zeros: bool = False) -> str:
+        """``Where``; values of a ``dtype`` onnxruntime cannot select go through a wider type.
+
+        onnxruntime's Where returns +0.0 where it picks -0.0 from ``a`` (it merges the two
+        selections with ``x != 0 ? x : y``); ``signed_zeros=True`` (floats) restores the sign
+        where JAX would see it: user-visible selections, and rules whose point is the sign.
+        """
         wide = _WHERE_VIA.get(dtype)
         if wide is None:
-            return self.op("Where", cond, a, b)
-        out = self.op("Where", cond, self.cast(a, dtype, wide), self.cast(b, dtype, wide))
-        return self.cast(out, wide, dtype)
+            out = self.op("Where", cond, a, b)
+        else:
+            out = self.cast(self.op("Where", cond, self.cast(a, dtype, wide), self.cast(b, dtype, wide)),
+                            wide, dtype)
+        if not (signed_zeros and dtype and dtype.startswith(("f", "bf"))):
+            return out
+        zero = self.scalar(0, dtype)
+        lost = self.op("And", cond, self.op("And", self.op("Equal", a, zero),
+                                            self.op("Less", self.op("Reciprocal", a), zero)))
+        return self.op("Mul", out, self.where(lost, self.scalar(-1, dtype), self.scalar(1, dtype), dtype))
 
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")

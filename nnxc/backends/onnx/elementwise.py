@@ -16,6 +16,9 @@ def odt(node, i: int = 0) -> str:
     return node.outputs[i].type.dtype
 
 
+_WIDE = {"f16": "f32", "bf16": "f32"}  # low-precision floats computed in f32 by multi-op rules
+
+
 def _simple(onnx_op: str):
     return lambda b, node, xs: b.op(onnx_op, *xs)
 
@@ -146,14 +149,26 @@ def _is_finite(b, node, xs):
 
 @rule("atan2")
 def _atan2(b, node, xs):
-    y, x = xs
+    """C's atan2, signed zeros and infinities included: the angle of (|x|, |y|) in the first
+    quadrant, mirrored by the sign bits of x and y (ONNX has no copysign; ``_negative``)."""
     t = dt(node)
-    a = b.op("Atan", b.op("Div", y, x))
-    half_turn = b.where(b.op("GreaterOrEqual", y, b.scalar(0, t)), b.scalar(np.pi, t),
-                        b.scalar(-np.pi, t))
-    a = b.where(b.op("Less", x, b.scalar(0, t)), b.op("Add", a, half_turn), a)
-    both_zero = b.op("And", b.op("Equal", x, b.scalar(0, t)), b.op("Equal", y, b.scalar(0, t)))
-    return b.where(both_zero, b.op("Mul", y, b.scalar(0, t)), a)
+    w = _WIDE.get(t, t)  # f16 / bf16: computed in f32 and rounded once, as XLA does
+    y, x = (b.cast(v, t, w) for v in xs)
+    ay, ax = b.op("Abs", y), b.op("Abs", x)
+    a = b.op("Atan", b.op("Div", ay, ax))  # NaN for 0/0 and inf/inf (and NaN inputs)
+    zero = b.scalar(0, w)
+    diagonal = b.where(b.op("Equal", ay, zero), zero, b.scalar(np.pi / 4, w))  # pi/4 exactly
+    a = b.where(b.op("Equal", ay, ax), diagonal, a)
+    a = b.where(_negative(b, x, w), b.op("Sub", b.scalar(np.pi, w), a), a)
+    sign = b.where(_negative(b, y, w), b.scalar(-1, w), b.scalar(1, w))  # not Where(.., -a, a):
+    return b.cast(b.op("Mul", a, sign), w, t)  # onnxruntime's Where drops the sign of -0.0
+
+
+def _negative(b, x: str, t: str) -> str:
+    """Whether the sign bit of float ``x`` is set (-0.0 too, via 1/-0 = -inf; not NaN)."""
+    zero = b.scalar(0, t)
+    neg_zero = b.op("And", b.op("Equal", x, zero), b.op("Less", b.op("Reciprocal", x), zero))
+    return b.op("Or", b.op("Less", x, zero), neg_zero)
 
 
 @rule("round")
@@ -196,6 +211,18 @@ def _compare(b, node, xs):
     return b.op("Not", out) if node.op == "ne" else out
 
 
+@rule("eq_to", "lt_to", "le_to")
+def _compare_total_order(b, node, xs):
+    """XLA's TOTALORDER comparisons (sort and searchsorted comparators): floats compare by
+    their bits, -NaN < -inf < -0.0 < 0.0 < inf < NaN, and a NaN equals itself."""
+    from .indexing import _key  # the same integer key TopK sorts floats by
+    t = dt(node)
+    if _is_float(t):
+        need(b, 26, f"{node.op} on {t} (ONNX BitCast)")
+    keys = [_key(b, x, t)[0] for x in xs]
+    return b.op({"eq_to": "Equal", "lt_to": "Less", "le_to": "LessOrEqual"}[node.op], *keys)
+
+
 @rule("select_n")
 def _select_n(b, node, xs):
     which, cases = xs[0], xs[1:]
@@ -203,10 +230,10 @@ def _select_n(b, node, xs):
         return cases[0]
     t = odt(node)
     if dt(node) == "bool":
-        return b.where(which, cases[1], cases[0], t)
+        return b.where(which, cases[1], cases[0], t, signed_zeros=True)
     out = cases[-1]
     for i in range(len(cases) - 2, -1, -1):
-        out = b.where(b.op("Equal", which, b.scalar(i, dt(node))), cases[i], out, t)
+        out = b.where(b.op("Equal", which, b.scalar(i, dt(node))), cases[i], out, t, signed_zeros=True)
     return out
 
 
@@ -218,7 +245,32 @@ def _clamp(b, node, xs):
 
 @rule("convert_element_type")
 def _convert(b, node, xs):
-    return b.cast(xs[0], dt(node), odt(node))
+    src, dst = dt(node), odt(node)
+    if _is_float(src) and dst[0] in "iu":
+        return _float_to_int(b, xs[0], src, dst)
+    return b.cast(xs[0], src, dst)
+
+
+def _is_float(t: str) -> bool:
+    return t.startswith(("f", "bf"))
+
+
+def _float_to_int(b, x: str, src: str, dst: str) -> str:
+    """XLA's float -> integer conversion: toward zero, saturating at the integer's range,
+    NaN -> 0 (ONNX Cast leaves out-of-range values and NaN undefined). The bounds are
+    floats of the source type: the integer maximum is often not one (int32 max in f32),
+    so values above the largest float below it are set to the maximum after the Cast."""
+    if src not in ("f32", "f64"):  # f16, bf16, f8: every value is exact in f32
+        x, src = b.cast(x, src, "f32"), "f32"
+    info, ftype = np.iinfo(to_dtype(dst)), to_dtype(src).type
+    lo, hi = ftype(info.min), ftype(info.max)  # the minimum (0 or -2**k) is exact
+    if int(hi) > info.max:
+        hi = np.nextafter(hi, ftype(0))
+    x = b.where(b.op("IsNaN", x), b.scalar(0, src), x)
+    out = b.cast(b.op("Clip", x, b.scalar(lo, src), b.scalar(hi, src)), src, dst)
+    if int(hi) < info.max:
+        out = b.where(b.op("Greater", x, b.scalar(hi, src)), b.scalar(info.max, dst), out, dst)
+    return out
 
 
 @rule("bitcast_convert_type")
@@ -258,6 +310,44 @@ def _bits_to_float(b, x: str, src: str, dst: str) -> str:
     out = b.where(b.op("Equal", e, b.scalar((1 << ebits) - 1, "i64")), special, out)
     out = b.where(b.op("Equal", field(width - 1, 1), b.scalar(1, "i64")), b.op("Neg", out), out)
     return b.cast(out, "f32", dst)
+
+
+_FLOAT_FORMAT = {"f64": (11, 52, "u64"), "f32": (8, 23, "u32"), "f16": (5, 10, "u16"),
+                 "bf16": (8, 7, "u16")}  # exponent bits, mantissa bits, same-size unsigned type
+
+
+@rule("reduce_precision")
+def _reduce_precision(b, node, xs):
+    """XLA's rounding on the bits to ``exponent_bits`` / ``mantissa_bits``: the mantissa to
+    nearest even, exponents above the range to signed infinity and below it to signed zero
+    (subnormals too), NaN as it is. The bits are integers in i64, or u64 for f64 (where
+    the rounding carry wraps, as XLA's unsigned add does)."""
+    t = dt(node)
+    need(b, 26, f"reduce_precision on {t} (ONNX BitCast)")
+    if t not in _FLOAT_FORMAT:
+        raise Refused(f"reduce_precision on {t}")
+    src_e, src_m, ut = _FLOAT_FORMAT[t]
+    e, m = node.attrs["exponent_bits"], node.attrs["mantissa_bits"]
+    nbits = 1 + src_e + src_m
+    w = "u64" if nbits == 64 else "i64"
+    k = lambda v: b.scalar(v, w)  # noqa: E731
+    band = lambda v, mask: b.op("BitwiseAnd", v, k(mask))  # noqa: E731
+    x = xs[0]
+    bits = b.cast(b.op("BitCast", x, to=onnx_dtype(ut)), ut, w)
+    if m < src_m:  # + 0111.. (+1 when the last kept bit is set), then drop the bits below it
+        last = 1 << (src_m - m)
+        bias = b.op("Add", b.op("Div", band(bits, last), k(last)), k((last >> 1) - 1))
+        bits = band(b.op("Add", bits, bias), ((1 << nbits) - 1) & ~(last - 1))
+    if e < src_e:
+        exp_mask = ((1 << src_e) - 1) << src_m
+        src_bias, bias = (1 << (src_e - 1)) - 1, (1 << (e - 1)) - 1
+        exponent = band(bits, exp_mask)
+        signed_zero = band(bits, 1 << (nbits - 1))
+        signed_inf = b.op("BitwiseOr", signed_zero, k(exp_mask))
+        bits = b.where(b.op("Greater", exponent, k((src_bias + bias) << src_m)), signed_inf, bits, w)
+        bits = b.where(b.op("LessOrEqual", exponent, k((src_bias - bias) << src_m)), signed_zero, bits, w)
+    out = b.op("BitCast", b.cast(bits, w, ut), to=onnx_dtype(t))
+    return b.where(b.op("IsNaN", x), x, out, t)
 
 
 @rule("nextafter")

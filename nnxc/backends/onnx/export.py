@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
+import warnings
 
 import jax
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ... import __version__
 from ...errors import NnxcError, UnsupportedOpError
@@ -135,6 +138,7 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
                               functions=list(ctx.functions.values()))
     weights = [(n, x) for n, x in weights if n in live]
     consts = [(n, x) for n, x in ctx.initializers if n in live]
+    fit_kernels(model, weights + consts, opset)
     if check:  # before the weights go in: the checker would serialize them all
         _check(model, weights, consts)
     plan = build_initializers(model, weights, consts, path, external_data)
@@ -225,3 +229,185 @@ def _check(model, weights, consts) -> None:
     finally:
         del model.graph.input[n_inputs:]
         del model.graph.initializer[:]
+
+
+# -- onnxruntime's CPU kernels ------------------------------------------------------------
+
+class OnnxKernelWarning(UserWarning):
+    """The installed onnxruntime's CPU provider has no kernel for an op of an exported model."""
+
+
+_LOW_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+_KERNELS: dict[tuple, tuple[str, tuple]] = {}  # probe results, by onnxruntime version and signature
+
+
+def fit_kernels(model: onnx.ModelProto, initializers: list, opset: int) -> None:
+    """Make each node run, and round like XLA, on onnxruntime's CPU provider.
+
+    onnxruntime has no CPU kernel for most bf16 ops, and runs f16 ops it has no kernel for
+    by casting whole chains of them to f32 (so an f16 intermediate never rounds or
+    overflows, unlike XLA, which computes each f16 op in f32 and rounds its result). A
+    node with f16/bf16 inputs and no native kernel becomes Cast -> f32 op -> Cast back,
+    XLA's per-op upcast; a node onnxruntime still cannot run gets an ``OnnxKernelWarning``.
+    ``initializers``: (name, array) of the values the model will hold, to type them.
+    """
+    types = _value_types(model, initializers)
+    taken = set(types) | _node_names(model.graph)
+    missing: dict[tuple, list] = {}
+    _fit_graph(model.graph, types, taken, opset, missing)
+    import onnxruntime as ort
+    for (op, ins), nodes in missing.items():
+        warnings.warn(
+            f"onnxruntime {ort.__version__}'s CPU provider has no kernel for {op} on "
+            f"{', '.join(_type_name(t) for t in ins if t)} (opset {opset}; {len(nodes)} node(s), "
+            f"e.g. {nodes[0]!r}): the exported model will not run there", OnnxKernelWarning,
+            stacklevel=3)
+
+
+def _type_name(t: int) -> str:
+    from .builder import ONNX_DTYPE
+    return next((k for k, v in ONNX_DTYPE.items() if v == t), TensorProto.DataType.Name(t))
+
+
+def _value_types(model, initializers) -> dict[str, int]:
+    """Element type of every value in the model and its subgraphs (ONNX type inference)."""
+    n_inputs = len(model.graph.input)
+    arrays = ((n, x if hasattr(x, "shape") and not str(x.dtype).startswith("key<") else host_array(x))
+              for n, x in initializers)  # no copy of the weights: their dtype and shape suffice
+    model.graph.input.extend(helper.make_tensor_value_info(
+        n, helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)), a.shape) for n, a in arrays)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    finally:
+        del model.graph.input[n_inputs:]
+    types: dict[str, int] = {}
+
+    def collect(g):
+        for v in list(g.input) + list(g.output) + list(g.value_info):
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+                types[v.name] = v.type.tensor_type.elem_type
+        for node in g.node:
+            for sub in _subgraphs(node):
+                collect(sub)
+    collect(inferred.graph)
+    return types
+
+
+def _subgraphs(node):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _node_names(g) -> set:
+    names = set()
+    for node in g.node:
+        names.update([node.name, *node.output])
+        for sub in _subgraphs(node):
+            names |= _node_names(sub)
+    return names
+
+
+def _fresh(taken: set, base: str) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _fit_graph(g, types: dict, taken: set, opset: int, missing: dict) -> None:
+    nodes, wide = [], {}  # wide: low-float value -> its f32 Cast in this graph
+    for node in g.node:
+        subgraphs = list(_subgraphs(node))
+        for sub in subgraphs:
+            _fit_graph(sub, types, taken, opset, missing)
+        ins = tuple(types.get(n, 0) if n else None for n in node.input)
+        outs = tuple(types.get(n, 0) for n in node.output)
+        if subgraphs or node.domain not in ("", "ai.onnx") or node.op_type == "Cast" \
+                or 0 in ins + outs:  # control flow and casts take every type; unknown types
+            nodes.append(node)
+            continue
+        status, _ = _kernel(node, opset, ins)
+        if status in ("upcast", "missing") and any(t in _LOW_FLOATS for t in ins):
+            up = tuple(TensorProto.FLOAT if t in _LOW_FLOATS else t for t in ins)
+            up_status, up_outs = _kernel(node, opset, up)
+            if up_status == "native":
+                nodes.extend(_upcast(node, ins, outs, up_outs, wide, taken))
+                continue
+        if status == "missing":
+            missing.setdefault((node.op_type, ins), []).append(node.name)
+        nodes.append(node)
+    if len(nodes) != len(g.node):
+        del g.node[:]
+        g.node.extend(nodes)
+
+
+def _upcast(node, ins, outs, up_outs, wide: dict, taken: set) -> list:
+    """Cast -> f32 ``node`` -> Cast back: the f16/bf16 inputs of ``node`` as f32, and each
+    output whose type changed back to its own type."""
+    pre, post = [], []
+    for i, (name, t) in enumerate(zip(node.input, ins)):
+        if t in _LOW_FLOATS:
+            if name not in wide:
+                wide[name] = _fresh(taken, f"{name}.f32")
+                pre.append(helper.make_node("Cast", [name], [wide[name]], to=TensorProto.FLOAT,
+                                            name=_fresh(taken, f"{node.name}/in{i}.f32")))
+            node.input[i] = wide[name]
+    for i, (name, t, u) in enumerate(zip(node.output, outs, up_outs)):
+        if t != u:
+            node.output[i] = _fresh(taken, f"{name}.unrounded")
+            post.append(helper.make_node("Cast", [node.output[i]], [name], to=t,
+                                         name=_fresh(taken, f"{node.name}/out{i}")))
+    return pre + [node] + post
+
+
+def _kernel(node, opset: int, ins: tuple) -> tuple[str, tuple]:
+    """How onnxruntime's CPU provider runs ``node.op_type`` on inputs of element types
+    ``ins``: "native", "upcast" (only by casting to f32 around it), "missing", or
+    "unknown" (the probe failed for another reason); and the output element types.
+    Probed once per onnxruntime version and signature on a one-node model with the
+    node's attributes (kernels are chosen by op, opset and types, not attributes)."""
+    import onnxruntime as ort
+    key = (ort.__version__, node.op_type, opset, ins)
+    if key not in _KERNELS:
+        _KERNELS[key] = _probe(node, opset, ins)
+    return _KERNELS[key]
+
+
+def _probe(node, opset: int, ins: tuple) -> tuple[str, tuple]:
+    import onnxruntime as ort
+    names = [f"x{i}" if t else "" for i, t in enumerate(ins)]
+    outs = [f"y{i}" for i in range(len(node.output))]
+    probe = helper.make_node(node.op_type, names, outs)
+    probe.attribute.extend(node.attribute)
+    inputs = [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, ins) if t]
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(helper.make_graph([probe], "probe", inputs, []), opset_imports=opsets,
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return "unknown", ()
+    out_types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    if any(not out_types.get(n) for n in outs):
+        return "unknown", ()
+    out_types = tuple(out_types[n] for n in outs)
+    model.graph.output.extend(helper.make_tensor_value_info(n, t, None) for n, t in zip(outs, out_types))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:  # the graph as onnxruntime will run it
+        options.optimized_model_filepath = os.path.join(tmp, "probe.onnx")
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises several exception types
+            text = str(e)  # no kernel for these types, or the op's schema does not take them
+            if any(m in text for m in ("NOT_IMPLEMENTED", "Could not find an implementation", "Type Error")):
+                return "missing", out_types
+            return "unknown", out_types
+        ran = onnx.load(options.optimized_model_filepath)
+    cast = any(n.op_type == "Cast" for n in ran.graph.node)  # inserted around a missing kernel
+    return ("upcast" if cast else "native"), out_types

@@ -21,7 +21,7 @@ def _full(b, node, i: int, xs, want_shape):
     v, t = node.inputs[i], node.inputs[i].type
     if t.rank:
         return xs[i]
-    if v.is_const and not isinstance(v.data, Elided):
+    if v.is_const and not isinstance(v.data, Elided) and all(isinstance(d, int) for d in want_shape):
         return b.const(np.full(want_shape, np.asarray(v.data), dtype=to_dtype(t.dtype)))
     return b.expand(xs[i], want_shape)
 

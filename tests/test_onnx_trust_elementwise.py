@@ -1,0 +1,357 @@
+"""ONNX export agrees with jax.jit where ONNX leaves the result open or onnxruntime differs:
+float -> integer conversion, atan2's signed zeros, f16/bf16 arithmetic, tuple attributes,
+BatchNorm statistics in train mode. Each case is a tiny JAX program traced with nnxc,
+exported, run in onnxruntime and compared with ``jax.jit(fn)`` as the user calls it.
+"""
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnxruntime as ort
+import pytest
+from jax import lax
+from onnx import TensorProto
+
+import nnxc
+from nnxc.runtime.onnx_io import onnx_session
+
+
+def run_both(fn, *args, opset=None):
+    """(jax.jit(fn)(*args), onnxruntime outputs) as flat lists of numpy arrays."""
+    want = [np.asarray(w) for w in jax.tree_util.tree_leaves(jax.jit(fn)(*args))]
+    model = nnxc.export_onnx(nnxc.trace(fn, *args), opset=opset)
+    session = onnx_session(model)
+    io = session.io_binding()  # bound buffers: onnxruntime's numpy bridge has no bfloat16
+    for info, a in zip(session.get_inputs(), args):
+        io.bind_ortvalue_input(info.name, ort_value(np.asarray(a)))
+    got = [np.zeros(w.shape, w.dtype) for w in want]
+    assert len(session.get_outputs()) == len(want)
+    for info, g in zip(session.get_outputs(), got):
+        io.bind_ortvalue_output(info.name, ort_value(g))
+    session.run_with_iobinding(io)
+    return want, got
+
+
+def ort_value(a: np.ndarray):
+    """An OrtValue sharing ``a``'s memory."""
+    if a.dtype == jnp.bfloat16:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a.view(np.uint16), TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(a)
+
+
+def same_bits(want, got):
+    """Exact equality of floats, NaN == NaN and -0.0 != +0.0."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok], want[ok])
+    np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(want[ok]))
+
+
+# -- float -> integer: XLA truncates toward zero, saturates, and maps NaN to 0 -----------
+
+FLOATS = [np.float16, np.float32, np.float64]
+INTS = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+def awkward_values(ftype) -> np.ndarray:
+    """NaN, infinities, signed zeros, fractions of both signs, every integer type's bounds
+    and the floats next to them, values past every bound."""
+    vals = [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.7, -0.7, -1.5, 2.9, -5, 200, -200, 300,
+            65504, -65504, 1e10, -1e10, 3e38, -3e38, 1e300, -1e300]
+    for t in INTS:
+        info = np.iinfo(t)
+        for bound in (float(info.min), float(info.max)):
+            f = ftype(bound) if abs(bound) <= float(np.finfo(ftype).max) else ftype(np.inf)
+            vals += [f, np.nextafter(f, ftype(0)), np.nextafter(f, ftype(np.inf)),
+                     np.nextafter(f, ftype(-np.inf))]
+    with np.errstate(over="ignore"):
+        return np.array(vals, dtype=np.float64).astype(ftype)
+
+
+@pytest.mark.parametrize("src", FLOATS, ids=lambda t: np.dtype(t).name)
+def test_float_to_int_saturates_like_xla(src):
+    with jax.enable_x64(True):
+        x = awkward_values(src)
+        fn = lambda x: {np.dtype(t).name: x.astype(t) for t in INTS}  # noqa: E731
+        want, got = run_both(fn, x)
+    for w, g, t in zip(want, got, sorted(np.dtype(t).name for t in INTS)):
+        np.testing.assert_array_equal(g, w, err_msg=f"{np.dtype(src).name} -> {t}: {x}")
+
+
+def test_float_to_int_examples():
+    x = np.array([-5, 300, 200, np.nan, np.inf, -np.inf, -0.9, 255.9], np.float32)
+    want, got = run_both(lambda x: (x.astype(jnp.uint8), x.astype(jnp.int8), x.astype(jnp.int32)), x)
+    np.testing.assert_array_equal(want[0], [0, 255, 200, 0, 255, 0, 0, 255])
+    np.testing.assert_array_equal(want[1], [-5, 127, 127, 0, 127, -128, 0, 127])
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+    want, got = run_both(lambda x: (jnp.arange(4.0) * 1e10 * x).astype(jnp.int32), np.float32(1))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(want[0], [0, 2**31 - 1, 2**31 - 1, 2**31 - 1])
+
+
+@pytest.mark.parametrize("src", [jnp.bfloat16, np.float16], ids=["bf16", "f16"])
+def test_low_precision_float_to_int(src):
+    with np.errstate(over="ignore"):
+        x = np.array([np.nan, np.inf, -np.inf, -0.5, 3.75, -300, 300, 1e5, 70000], np.float32).astype(src)
+    want, got = run_both(lambda x: (x.astype(jnp.int8), x.astype(jnp.uint16), x.astype(jnp.int32)), x)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+
+
+# -- atan2: signed zeros, infinities, NaN ------------------------------------------------
+
+SPECIAL = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16], ids=["f32", "f16", "bf16"])
+def test_atan2_signed_zeros_and_infinities(dtype):
+    y, x = (a.ravel().astype(dtype) for a in np.meshgrid(SPECIAL, SPECIAL, indexing="ij"))
+    want, got = run_both(jnp.arctan2, y, x)
+    same_bits(np.asarray(want[0], np.float32), np.asarray(got[0], np.float32))
+
+
+def test_atan2_finite_values():
+    rng = np.random.default_rng(0)
+    y, x = ((rng.standard_normal(200) * 10.0 ** rng.integers(-3, 4, 200)).astype(np.float32)
+            for _ in range(2))
+    want, got = run_both(jnp.arctan2, y, x)
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16], ids=["f32", "f16", "bf16"])
+def test_select_keeps_negative_zero(dtype):  # onnxruntime's Where turns a picked -0.0 into +0.0
+    x = np.array([-0.0, -0.0, 0.0, 1.0, -0.0, np.nan], np.float32).astype(dtype)
+    c = np.array([True, False, True, True, False, True])
+    fn = lambda c, x: (jnp.where(c, x, -x), 1 / jnp.where(c, x, 2.0),  # noqa: E731
+                       lax.select_n(c.astype(jnp.int32) + 1, x, -x, x * 0))
+    want, got = run_both(fn, c, x)
+    for w, g in zip(want, got):
+        same_bits(np.asarray(w, np.float32), np.asarray(g, np.float32))
+
+
+# -- total-order comparisons (sort and searchsorted comparators) ---------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16, np.int32, np.uint8, np.bool_],
+                         ids=["f32", "f16", "bf16", "i32", "u8", "bool"])
+def test_total_order_comparisons(dtype):
+    from jax.extend.core.primitives import eq_to_p, le_to_p, lt_to_p
+    v = np.array([np.nan, -np.nan, -np.inf, -1, -0.0, 0.0, 1e-40, 1, np.inf], np.float32)
+    with np.errstate(invalid="ignore"):
+        y, x = (a.ravel().astype(dtype) for a in np.meshgrid(v, v, indexing="ij"))
+    fn = lambda a, b: (lt_to_p.bind(a, b), le_to_p.bind(a, b), eq_to_p.bind(a, b))  # noqa: E731
+    want, got = run_both(fn, y, x)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_searchsorted_and_histogram():
+    edges = np.array([-np.inf, -1.0, -0.0, 0.5, 2.0, np.nan], np.float32)
+    q = np.array([np.nan, -np.inf, -2, -1, -0.0, 0.0, 0.25, 0.5, 3, np.inf], np.float32)
+    fn = lambda e, q: (jnp.searchsorted(e, q), jnp.searchsorted(e, q, side="right"),  # noqa: E731
+                       jnp.searchsorted(e, q, method="compare_all"),
+                       jnp.histogram(q[2:-1], bins=4, range=(-2.0, 2.0))[0])
+    want, got = run_both(fn, edges, q)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+
+
+# -- f16 / bf16: XLA rounds every op's result; onnxruntime lacks most of these kernels ----
+
+def test_f16_chain_rounds_each_op_like_xla():
+    """x**4 overflows f16 for x = 20 (160000 > 65504) although (x**4)/(x**2) = 400 does not:
+    XLA rounds every f16 product, so inf; onnxruntime ran the chain in f32 (400)."""
+    x = np.array([20, 300, 10, 1, 0.1, -15, 2.5], np.float16)
+    want, got = run_both(lambda x: (x * x * x * x) / (x * x), x)
+    assert np.isinf(want[0][0]) and want[0][2] == 100
+    np.testing.assert_array_equal(got[0], want[0])
+    y = x.astype(np.float32)  # the same chain in f32, cast at the end: no f16 intermediates
+    want, got = run_both(lambda y: (y * y * y * y / (y * y)).astype(jnp.float16), y)
+    assert want[0][0] == 400
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16], ids=["f16", "bf16"])
+def test_low_precision_arithmetic_is_bit_exact(dtype):
+    """+ - * / and sqrt rounded to f16/bf16 after every op (f32 then rounding is exact for
+    them): the same bits as XLA, which rounds each op, where a chain kept in f32 is not."""
+    rng = np.random.default_rng(3)
+    x, y, z = (rng.standard_normal(256).astype(dtype) for _ in range(3))
+    want, got = run_both(lambda x, y, z: jnp.sqrt(jnp.abs((x * y + z) / y - x * 3)) - z * z, x, y, z)
+    np.testing.assert_array_equal(got[0].astype(np.float32), want[0].astype(np.float32))
+
+
+def test_f16_elementwise_ops_round_like_xla():
+    x = np.linspace(-3, 3, 41).astype(np.float16)
+    fn = lambda x: {"exp_mul": jnp.exp(x) * x - 1, "tanh": jnp.tanh(x * 3) + x,  # noqa: E731
+                    "sqrt": jnp.sqrt(x * x + 1) / 3, "sigmoid": jax.nn.sigmoid(x) * x,
+                    "sin": jnp.sin(x) * jnp.cos(x), "max": jnp.maximum(x, x * x - 2),
+                    "atan2": jnp.arctan2(x, x - 1)}
+    want, got = run_both(fn, x)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_bf16_matmul_mul_sub_runs_and_matches():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8)).astype(jnp.bfloat16)
+    w = rng.standard_normal((8, 8)).astype(jnp.bfloat16)
+    fn = lambda x, w: ((x @ w) * x - w[:4] * 2, jnp.exp(x) - jnp.tanh(x @ w),  # noqa: E731
+                       jnp.sin(x) * jnp.cos(x), jnp.arctan2(x, w[:4]), jnp.maximum(x, 0.5).sum(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nnxc.backends.onnx.export.OnnxKernelWarning)
+        want, got = run_both(fn, x, w)
+    for w_, g in zip(want, got):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(g.astype(np.float32), w_.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_missing_kernel_warns():
+    """onnxruntime has no f64 Atan kernel: the export says so, naming the op and the dtype."""
+    with jax.enable_x64(True):
+        g = nnxc.trace(jnp.arctan, np.linspace(-2, 2, 5))
+    with pytest.warns(nnxc.backends.onnx.export.OnnxKernelWarning, match=r"no kernel for Atan on f64"):
+        nnxc.export_onnx(g)
+
+
+# -- attributes holding tuples and symbolic dims ------------------------------------------
+
+def test_builder_reads_symbolic_dims_and_numpy_ints_in_attributes():
+    """A SymDim is a tuple: np.asarray([1, SymDim("B")]) raised "setting an array element
+    with a sequence". Constants of ints, numpy ints and symbolic dims now build shapes."""
+    from nnxc.backends.onnx.builder import Builder, Context, as_dim
+    from nnxc.ir.attrs import SymDim
+    assert as_dim(SymDim("B")) == "B" and as_dim(np.int64(3)) == 3 and as_dim("-2") == -2
+    with pytest.raises(TypeError):
+        as_dim((1, 2))
+    ctx = Context(18)
+    ctx.dim_sources["B"] = ("x", 0)
+    b = Builder(ctx)
+    assert [n for n, _ in ctx.initializers] == []
+    b.i64(np.int64(2), 3)
+    assert np.array_equal(ctx.initializers[-1][1], [2, 3])
+    assert b.i64(1, SymDim("B")) == b.shape([1, "B"])  # the same prelude Concat
+
+
+def tuple_attribute_programs():
+    return {
+        "pad": lambda x: jnp.pad(x, ((1, 2), (0, 3))),
+        "pad_values": lambda x: jnp.pad(x, ((1, 1), (2, 0)), constant_values=((1, 2), (3, 4))),
+        "pad_edge": lambda x: jnp.pad(x, ((1, 2), (0, 3)), mode="edge"),
+        "lax_pad_interior": lambda x: lax.pad(x, 0.5, ((1, 2, 1), (0, -1, 0))),
+        "dynamic_slice": lambda x: lax.dynamic_slice(x, (1, 2), (2, 3)),
+        "dynamic_update_slice": lambda x: lax.dynamic_update_slice(x, jnp.ones((2, 2)), (1, 3)),
+        "sort_two_operands": lambda x: lax.sort((x, -x), num_keys=1),
+        "sort_two_keys": lambda x: lax.sort((jnp.round(x), x, x * 2), num_keys=2),
+        "argmax_index_dtype": lambda x: lax.argmax(x, 1, jnp.int32),
+        "argmin_index_dtype": lambda x: lax.argmin(x, 0, jnp.int32),
+        "clip": lambda x: jnp.clip(x, -0.5, 0.5),
+        "clip_arrays": lambda x: jnp.clip(x, jnp.full((6,), -0.3), jnp.linspace(0, 1, 6)),
+        "reduce_window": lambda x: lax.reduce_window(x, 0.0, lax.add, (2, 2), (1, 2), ((0, 1), (1, 0))),
+        "transpose": lambda x: jnp.transpose(x[None], (2, 0, 1)),
+        "tile": lambda x: jnp.tile(x, (2, 1)),
+        "expand_dims": lambda x: jnp.expand_dims(x, (0, 2)),
+        "squeeze": lambda x: jnp.squeeze(x[None, :, None], (0, 2)),
+        "split": lambda x: jnp.split(x, (2, 5), axis=1),
+        "rev": lambda x: lax.rev(x, (0, 1)),
+        "reduce_axes": lambda x: (jnp.max(x, axis=(0, 1)), jnp.sum(x, axis=(1,), keepdims=True)),
+        "roll": lambda x: jnp.roll(x, (1, 2), (0, 1)),
+        "broadcast_in_dim": lambda x: lax.broadcast_in_dim(x[0], (3, 6), (1,)),
+        "top_k": lambda x: lax.top_k(x, 2),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(tuple_attribute_programs()))
+def test_tuple_valued_attributes(name):
+    fn = tuple_attribute_programs()[name]
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    want, got = run_both(fn, x)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6) if w.dtype.kind == "f" \
+            else np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, jnp.bfloat16],
+                         ids=["f32", "f64", "f16", "bf16"])
+def test_reduce_precision_bit_exact(dtype):
+    """lax.reduce_precision(x, exponent_bits, mantissa_bits): XLA's rounding on the bits, with
+    overflow to infinity, underflow (subnormals too) to zero and NaN kept."""
+    rng = np.random.default_rng(4)
+    fi = np.finfo(dtype)
+    special = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.5, float(fi.max), -float(fi.max),
+               float(fi.tiny), float(fi.tiny) / 2, float(fi.smallest_subnormal), 65504, 65520, 1e-5, 3e38]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        x = np.concatenate([special, rng.standard_normal(200) * 10.0 ** rng.integers(-12, 12, 200)])
+        x = x.astype(dtype)
+    formats = [(5, 10), (8, 7), (4, 3), (5, 2), (2, 1), (3, 0), (11, 52)]
+    with jax.enable_x64(True):
+        want, got = run_both(lambda x: [lax.reduce_precision(x, e, m) for e, m in formats], x)
+    bits = f"u{np.dtype(dtype).itemsize}"
+    for (e, m), w, g in zip(formats, want, got):
+        np.testing.assert_array_equal(g.view(bits), w.view(bits), err_msg=f"exponent {e}, mantissa {m}")
+
+
+SYMBOLIC = {
+    "random_normal": lambda x: x + jax.random.normal(jax.random.key(3), x.shape),
+    "iota": lambda x: x + jnp.arange(x.shape[0])[:, None],
+    "full": lambda x: x + jnp.full(x.shape, 2.0),
+    "reshape": lambda x: x.reshape(x.shape[0] * 2, 3),
+    "pad": lambda x: jnp.pad(x, ((1, 2), (0, 3))),
+    "slice": lambda x: x[1:-1, ::2],
+    "eye": lambda x: jnp.eye(x.shape[0]) @ x,
+    "cumsum": lambda x: jnp.cumsum(x, axis=0),
+    "concatenate": lambda x: jnp.concatenate([x, x * 2], axis=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYMBOLIC))
+def test_symbolic_dims_in_attributes(name):
+    fn = SYMBOLIC[name]
+    session = onnx_session(nnxc.export_onnx(nnxc.trace(fn, "f32[B,6]")))
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        got = session.run(None, {session.get_inputs()[0].name: x})
+        np.testing.assert_allclose(got[0], np.asarray(jax.jit(fn)(x)), rtol=1e-6, atol=1e-6)
+
+
+# -- BatchNorm statistics in train mode ---------------------------------------------------
+
+@pytest.mark.parametrize("scale,offset", [(1e-4, 0.0), (1e-4, 1.0), (1.0, 0.0), (1e3, 5.0)],
+                         ids=["tiny-var", "tiny-var-offset", "unit", "large-var"])
+def test_batchnorm_train_statistics(scale, offset):
+    """Flax computes the batch variance as E[x^2] - E[x]^2, so its rounding error is relative
+    to E[x^2], not to the variance: with a tiny variance (1e-8 around a mean of 1) the f32
+    result is mostly rounding noise, in XLA as in onnxruntime (they sum in different
+    orders). The export computes the same formula; it must agree with jax.jit within the
+    rounding of that formula, and both must be that close to the exact f64 value."""
+    from flax import nnx
+    model = nnx.BatchNorm(3, momentum=0.0, rngs=nnx.Rngs(0))  # new statistics = batch statistics
+    model.train()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, x):
+        m = nnx.merge(graphdef, state)
+        y = m(x)
+        return y, nnx.state(m, nnx.BatchStat)
+
+    session = onnx_session(nnxc.export_onnx(nnxc.trace(model, "f32[B,3]")))
+    assert [o.name for o in session.get_outputs()] == ["output", "mean.new", "var.new"]
+    x = (np.random.default_rng(0).standard_normal((16, 3)) * scale + offset).astype(np.float32)
+    y, stats = step(state, x)
+    got = session.run(None, {"x": x})
+    x64 = x.astype(np.float64)
+    mean64 = x64.mean(0)
+    var64 = np.maximum((x64 ** 2).mean(0) - mean64 ** 2, 0)
+    ulp = np.finfo(np.float32).eps * len(x)  # a sum of n terms rounds by up to n ulps
+    mean_tol = ulp * np.abs(x64).max(0)
+    var_tol = 4 * ulp * (x64 ** 2).mean(0)
+    for name, exact, tol, onnx_value in [("mean", mean64, mean_tol, got[1]), ("var", var64, var_tol, got[2])]:
+        jax_value = np.asarray(stats[name].get_value())
+        assert np.all(np.abs(onnx_value - jax_value) <= tol), name
+        assert np.all(np.abs(onnx_value - exact) <= tol) and np.all(np.abs(jax_value - exact) <= tol), name
+    if scale >= 1:  # well conditioned: the normalized outputs agree to f32 precision
+        np.testing.assert_allclose(got[0], np.asarray(y), rtol=1e-5, atol=1e-5)
