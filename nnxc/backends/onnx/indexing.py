@@ -7,7 +7,7 @@ import numpy as np
 
 from ...ir.types import to_dtype
 from .builder import onnx_dtype
-from .shape import dims_of
+from .shape import dims_of, pad_op
 from .table import Refused, need, rule
 
 FILL = "FILL_OR_DROP"
@@ -124,8 +124,27 @@ _SCATTER = {"scatter": "none", "scatter-add": "add", "scatter-mul": "mul",
             "scatter-min": "min", "scatter-max": "max"}
 
 
+def _scatter_type(dtype: str, reduction: str, op: str) -> str:
+    """The dtype to scatter ``dtype`` in: onnxruntime's ScatterND reduces neither f16 nor
+    bf16 (f32 is exact for their max / min and rounds add / mul once), sets no bf16, and
+    takes max / min of booleans (or / and) as u8."""
+    if dtype == "bf16" or (dtype == "f16" and reduction != "none"):
+        return "f32"
+    if dtype == "bool" and reduction != "none":
+        if reduction not in ("min", "max"):
+            raise Refused(f"{op} on booleans")
+        return "u8"
+    return dtype
+
+
 @rule(*_SCATTER)
 def _scatter(b, node, xs):
+    """ScatterND on the full coordinates of every updated element, reducing duplicates with
+    its ``reduction``. Modes as XLA: CLIP clamps each window into the operand; FILL_OR_DROP
+    and PROMISE_IN_BOUNDS drop windows that do not fit, by sending them to an extra row
+    past the end of axis 0 that is sliced away afterwards. Scatter max / min propagate NaN
+    like XLA's max / min (onnxruntime's drop it): NaNs of the operand stay, and positions a
+    NaN update reaches become NaN."""
     reduction = _SCATTER[node.op]
     need(b, 18 if reduction in ("min", "max") else 16 if reduction != "none" else 13,
          f"{node.op} (ScatterND reduction={reduction})")
@@ -134,9 +153,8 @@ def _scatter(b, node, xs):
     smap = dn.get("scatter_dims_to_operand_dims")
     obatch, ibatch = dn.get("operand_batching_dims") or (), dn.get("scatter_indices_batching_dims") or ()
     xt, it, ut = node.inputs[0].type, node.inputs[1].type, node.inputs[2].type
-    if xt.dtype == "bool" and reduction != "none":
-        raise Refused(f"{node.op} on booleans")
-    x, idx, upd = xs
+    work = _scatter_type(xt.dtype, reduction, node.op)
+    x, idx, upd = b.cast(xs[0], xt.dtype, work), xs[1], b.cast(xs[2], ut.dtype, work)
     nb, rank = it.rank - 1, xt.rank
     scatter_pos = [p for p in range(ut.rank) if p not in uwin]
     window = [d for d in range(rank) if d not in inserted and d not in obatch]
@@ -154,6 +172,8 @@ def _scatter(b, node, xs):
         if d in wsize:
             w = _iota_at(b, wsize[d], uwin[window.index(d)], ut.rank)
             c = w if c is None else b.op("Add", c, w)
+        if c is None:
+            raise Refused(f"{node.op}: operand dim {d} is neither scattered, batched nor windowed")
         per_dim.append(c)
     drop = _mode(node) != "CLIP" and masks
     if drop:  # out-of-bounds windows write to an extra row past the end, removed afterwards
@@ -161,12 +181,17 @@ def _scatter(b, node, xs):
         for m in masks[1:]:
             oob = b.op("Or", oob, m)
         per_dim[0] = b.where(_place(b, oob, scatter_pos, ut.rank), b.dim_scalar(xt.shape[0]), per_dim[0])
-        pads = [0] * (2 * rank)
-        pads[rank] = 1
-        x = b.op("Pad", x, b.i64(*pads))
-    out = b.op("ScatterND", x, _coords(b, ut.shape, per_dim), upd,
-               reduction=None if reduction == "none" else reduction)
-    return b.slice(out, [0], [-1], [0]) if drop else out
+        x = pad_op(b, x, [0] * rank, [1] + [0] * (rank - 1), None, work)
+    coords = _coords(b, ut.shape, per_dim)
+    out = b.op("ScatterND", x, coords, upd, reduction=None if reduction == "none" else reduction)
+    if reduction in ("min", "max") and work.startswith("f"):
+        zeros = b.op("Expand", b.scalar(0, work), b.op("Shape", x))
+        hit = b.op("ScatterND", zeros, coords, b.cast(b.op("IsNaN", upd), "bool", work), reduction="max")
+        nan = b.op("Or", b.op("Greater", hit, b.scalar(0, work)), b.op("IsNaN", x))
+        out = b.where(nan, b.scalar(np.nan, work), out, work)
+    if drop:
+        out = b.slice(out, [0], [-1], [0])
+    return b.cast(out, work, xt.dtype)
 
 
 @rule("dynamic_slice")

@@ -1,17 +1,8 @@
 """dot_general -> MatMul (or Einsum), conv_general_dilated -> Conv."""
 from __future__ import annotations
 
-import math
-
-from .shape import interior_pad
+from .shape import dim_add, dim_mul, interior_pad, reshape
 from .table import Refused, rule
-
-
-def _prod(dims):
-    """The product of dims: an int, or a symbolic expression."""
-    if all(isinstance(d, int) for d in dims):
-        return math.prod(dims)
-    return "*".join(f"({d})" for d in dims)
 
 
 @rule("dot_general")
@@ -24,23 +15,23 @@ def _dot_general(b, node, xs):
     rfree = [j for j in range(rt.rank) if j not in rc and j not in rb]
     x = b.transpose(x, [*lb, *lfree, *lc])
     y = b.transpose(y, [*rb, *rc, *rfree])
-    k = _prod([lt.shape[i] for i in lc])
-    n = _prod([rt.shape[j] for j in rfree])
+    k = dim_mul(*[lt.shape[i] for i in lc])
+    n = dim_mul(*[rt.shape[j] for j in rfree])
     if not lb and isinstance(k, int) and isinstance(n, int):  # x[..., K] @ w[K, N]: no reshape of x
         if len(lc) != 1:
-            x = b.reshape(x, [lt.shape[i] for i in lfree] + [k])
+            x = reshape(b, x, [lt.shape[i] for i in lfree] + [k])
         if len(rc) != 1 or len(rfree) != 1:
-            y = b.reshape(y, [k] + ([n] if rfree else []))
+            y = reshape(b, y, [k] + ([n] if rfree else []))
         out = b.op("MatMul", x, y)
-        return out if len(rfree) == 1 else b.reshape(out, ot.shape)
+        return out if len(rfree) == 1 else reshape(b, out, ot.shape)
     batch = [lt.shape[i] for i in lb]
-    m = _prod([lt.shape[i] for i in lfree])
+    m = dim_mul(*[lt.shape[i] for i in lfree])
     if len(lfree) != 1 or len(lc) != 1:
-        x = b.reshape(x, batch + [m, k])
+        x = reshape(b, x, batch + [m, k])
     if len(rfree) != 1 or len(rc) != 1:
-        y = b.reshape(y, batch + [k, n])
+        y = reshape(b, y, batch + [k, n])
     out = b.op("MatMul", x, y)
-    return out if len(lfree) == 1 and len(rfree) == 1 else b.reshape(out, ot.shape)
+    return out if len(lfree) == 1 and len(rfree) == 1 else reshape(b, out, ot.shape)
 
 
 @rule("conv_general_dilated")
@@ -56,9 +47,11 @@ def _conv(b, node, xs):
     x = b.cast(b.transpose(xs[0], lhs_spec), lt.dtype, ot.dtype)
     w = b.cast(b.transpose(xs[1], rhs_spec), node.inputs[1].type.dtype, ot.dtype)
     rank, nsp = lt.rank, lt.rank - 2
+    shape = [lt.shape[i] for i in lhs_spec]
     for i, d in enumerate(a.get("lhs_dilation") or (1,) * nsp):
         if d != 1:  # transposed convolution: spread the input out, then convolve
-            x = interior_pad(b, x, rank, 2 + i, d - 1, b.scalar(0, ot.dtype))
+            x = interior_pad(b, x, shape, 2 + i, d - 1, b.scalar(0, ot.dtype), ot.dtype)
+            shape[2 + i] = dim_add(dim_mul(shape[2 + i], d), 1 - d)
     pads = list(a["padding"])
     crop = [(2 + i, lo, hi) for i, (lo, hi) in enumerate(pads) if lo < 0 or hi < 0]
     if crop:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .shape import interior_pad
 from ...ir.types import to_dtype
+from .shape import INT64_MAX, dim_add, dim_mul, interior_pad, pad_op, reshape
 from .table import Refused, rule
 
 
@@ -61,13 +61,13 @@ def _logaddexp(b, t):
 
 
 def doubling_scan(b, x: str, axis: int, n: int, combine, identity: str, rank: int,
-                  reverse: bool) -> str:
+                  reverse: bool, dtype: str) -> str:
     """Inclusive scan by log2(n) shifted combines (Hillis-Steele)."""
     shift = 1
     while shift < n:
         pads = [0] * (2 * rank)
         pads[axis + (rank if reverse else 0)] = shift
-        padded = b.op("Pad", x, b.i64(*pads), identity)
+        padded = pad_op(b, x, pads[:rank], pads[rank:], identity, dtype)
         moved = b.slice(padded, [shift if reverse else 0], [n + shift if reverse else n], [axis])
         x = combine(x, moved)
         shift *= 2
@@ -96,49 +96,86 @@ def _cumulative(b, node, xs):
         "cummin": (lambda p, q: b.op("Min", p, q), hi),
         "cumlogsumexp": (_logaddexp(b, t), -np.inf),
     }[node.op]
-    return doubling_scan(b, xs[0], axis, n, combine, b.scalar(ident, t), it.rank, reverse)
+    return doubling_scan(b, xs[0], axis, n, combine, b.scalar(ident, t), it.rank, reverse, t)
 
 
 # -- reduce_window: pooling over the windowed dims, the others folded into the batch --------
 
+def _pool_type(t: str, op: str) -> str:
+    """The dtype to pool ``t`` in: onnxruntime pools f16/f32/f64 (integers go through f64,
+    exact below 2**53)."""
+    if t in ("f16", "f32", "f64"):
+        return t
+    if t == "bf16":
+        return "f32"
+    if op == "reduce_window_sum":
+        raise Refused(f"reduce_window_sum on {t} (onnxruntime convolves floats only)")
+    return "f64"
+
+
+def _pool_identity(t: str, op: str):
+    """The reducer's identity, in the space MaxPool works in (min pools the negated input)."""
+    if op == "reduce_window_sum":
+        return 0
+    if t.startswith(("f", "bf")):
+        return -np.inf
+    if t == "bool":
+        return 0 if op == "reduce_window_max" else -1
+    info = np.iinfo(to_dtype(t))
+    return int(info.min) if op == "reduce_window_max" else -int(info.max)
+
+
 @rule("reduce_window_max", "reduce_window_min", "reduce_window_sum")
 def _reduce_window(b, node, xs):
+    """Padding goes in as an explicit Pad with the reducer's identity (-inf for max, +inf
+    for min, 0 for sum), as XLA pads: onnxruntime's MaxPool refuses pads >= the kernel.
+    Its float MaxPool also skips NaNs (XLA's max and min propagate them) and, with strides,
+    never goes below the lowest finite float (a window of -inf gives -3.4e38): a second pool
+    classifies each window (a NaN in it / all -inf / otherwise) and puts both back."""
     a = node.attrs
-    it, ot = node.inputs[0].type, node.outputs[0].type
+    it, ot, op = node.inputs[0].type, node.outputs[0].type, node.op
     rank, t = it.rank, it.dtype
     win, strides = a["window_dimensions"], a["window_strides"]
-    pads, base, wdil = a["padding"], a["base_dilation"], a["window_dilation"]
-    pooled = [i for i in range(rank) if (win[i], strides[i], tuple(pads[i]), base[i], wdil[i])
+    pads, base, wdil = [tuple(p) for p in a["padding"]], a["base_dilation"], a["window_dilation"]
+    pooled = [i for i in range(rank) if (win[i], strides[i], pads[i], base[i], wdil[i])
               != (1, 1, (0, 0), 1, 1)]
     if not pooled:
         return xs[0]
     rest = [i for i in range(rank) if i not in pooled]
     perm = rest + pooled
-    work = t if t.startswith("f") else "f64"  # exact for integers below 2**53
-    if work == "f64" and node.op == "reduce_window_sum":
-        raise Refused(f"reduce_window_sum on {t}")
-    x = b.cast(b.transpose(xs[0], perm), t, work)
-    x = b.reshape(x, [-1, 1] + [it.shape[i] for i in pooled])
-    sign = 1
-    if node.op == "reduce_window_min":
-        x, sign = b.op("Neg", x), -1
-    ident = b.scalar(0 if node.op == "reduce_window_sum" else -np.inf, work)
+    work = _pool_type(t, op)
+    shape = [dim_mul(*[it.shape[i] for i in rest]), 1] + [it.shape[i] for i in pooled]
+    x = reshape(b, b.cast(b.transpose(xs[0], perm), t, work), shape)
+    if op == "reduce_window_min":
+        x = b.op("Neg", x)
+    ident = b.scalar(_pool_identity(t, op), work)
     for k, i in enumerate(pooled):
         if base[i] != 1:
-            x = interior_pad(b, x, len(pooled) + 2, 2 + k, base[i] - 1, ident)
+            x = interior_pad(b, x, shape, 2 + k, base[i] - 1, ident, work)
+            n = shape[2 + k]
+            shape[2 + k] = dim_add(dim_mul(n, base[i]), 1 - base[i])
     lo = [pads[i][0] for i in pooled]
     hi = [pads[i][1] for i in pooled]
-    if any(p < 0 for p in lo + hi):
-        raise Refused("reduce_window with negative padding")
-    kw = dict(strides=[strides[i] for i in pooled], pads=lo + hi,
-              dilations=[wdil[i] for i in pooled])
+    crop = [(2 + k, l, h) for k, (l, h) in enumerate(zip(lo, hi)) if l < 0 or h < 0]
+    if crop:  # negative padding drops elements
+        x = b.slice(x, [max(-l, 0) for _, l, _ in crop], [h if h < 0 else INT64_MAX for _, _, h in crop],
+                    [k for k, _, _ in crop])
+    lo, hi = [max(p, 0) for p in lo], [max(p, 0) for p in hi]
     kernel = [win[i] for i in pooled]
-    if node.op == "reduce_window_sum":
-        ones = b.const(np.ones([1, 1] + kernel, dtype=to_dtype(t)))
-        y = b.op("Conv", x, ones, kernel_shape=kernel, **kw)
+    kw = dict(kernel_shape=kernel, strides=[strides[i] for i in pooled], dilations=[wdil[i] for i in pooled])
+    if op == "reduce_window_sum":  # Conv pads with zeros, the identity, and takes any amount
+        ones = b.const(np.ones([1, 1] + kernel, dtype=to_dtype(work)))
+        y = b.op("Conv", x, ones, pads=lo + hi, **kw)
     else:
-        y = b.op("MaxPool", x, kernel_shape=kernel, **kw)
-    if sign < 0:
-        y = b.op("Neg", y)
-    y = b.reshape(y, [ot.shape[i] for i in perm])
+        x = pad_op(b, x, [0, 0] + lo, [0, 0] + hi, ident, work)
+        y = b.op("MaxPool", x, **kw)
+        if t.startswith(("f", "bf")):  # per window: 2 if a NaN, 0 if all -inf, else 1
+            cls = b.op("Add", b.cast(b.op("IsNaN", x), "bool", work),
+                       b.cast(b.op("Not", b.op("IsInf", x, detect_positive=0)), "bool", work))
+            cls = b.op("MaxPool", cls, **kw)
+            y = b.where(b.op("Equal", cls, b.scalar(0, work)), b.scalar(-np.inf, work), y)
+            y = b.where(b.op("Greater", cls, b.scalar(1, work)), b.scalar(np.nan, work), y)
+        if op == "reduce_window_min":
+            y = b.op("Neg", y)
+    y = reshape(b, y, [ot.shape[i] for i in perm])
     return b.cast(b.transpose(y, [perm.index(i) for i in range(rank)]), work, t)
