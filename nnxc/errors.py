@@ -28,3 +28,7 @@ class SpecError(NnxcError, ValueError):
 
 class VerifyError(NnxcError):
     """The IR is malformed; the message shows the offending node."""
+
+
+class NnxcWarning(UserWarning):
+    """Base class of nnxc's warnings (something works, but not quite as the user may expect)."""

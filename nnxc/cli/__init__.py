@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true",
                    help="show what each pass changed, by module (text, or a page with --format html)")
     p.add_argument("--no-locs", action="store_true", help="leave out source locations")
+    _constants_args(p)
     p.add_argument("--summary", action="store_true",
                    help="print parameters, bytes, FLOPs and nodes per module instead of the IR")
     p.add_argument("--depth", type=int, default=1, help="module path depth of --summary rows")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-check JAX, XLA and onnxruntime; exit 1 beyond tolerance")
     p.add_argument("--dump-ir", metavar="FILE",
                    help="also write the traced IR here (and, with passes, FILE.<pipeline>.ir after them)")
+    _constants_args(p)
     _tolerance_args(p)
     _pass_args(p)
     p.set_defaults(func=cmd_export)
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-dir", metavar="DIR",
                    help="write IR before/after passes, StableHLO, optimized HLO and a cost/memory report")
     p.add_argument("--mesh", metavar="AXES", help="compile sharded on a mesh, e.g. data=2,model=4")
+    _constants_args(p)
     _pass_args(p)
     p.set_defaults(func=cmd_compile)
 
@@ -89,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list the optimization passes and presets")
     p.set_defaults(func=cmd_passes)
     return parser
+
+
+def _constants_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--full-constants", dest="full_constants", action="store_const", const=True,
+                   help="print every constant's data in IR text, so it parses back into a graph "
+                        "that runs (default: when constants total <= 64 KiB)")
+    g.add_argument("--elide-constants", dest="full_constants", action="store_const", const=False,
+                   help="print constants of more than 16 elements as elided<hash>")
+    p.add_argument("--sidecar", action="store_true",
+                   help="write elided constants beside IR text files (FILE.safetensors, keyed by "
+                        "hash); nnxc.ir.parse(text, sidecar=...) restores them")
 
 
 def _tolerance_args(p: argparse.ArgumentParser) -> None:

@@ -54,8 +54,10 @@ def cmd_ir(args) -> int:
             from ..ir.view import to_html
             text = to_html(graph)
         else:
-            text = graph.text(locs=not args.no_locs)
-    if args.output:
+            text = graph.text(locs=not args.no_locs, full_constants=args.full_constants)
+    if args.output and fmt == "text" and steps is None:
+        _write_ir(args, args.output, graph, locs=not args.no_locs)
+    elif args.output:
         atomic_write(args.output, text)
         if not args.quiet:
             print(f"wrote {args.output} ({fmt}, {sum(1 for _ in graph.walk())} nodes)", file=sys.stderr)
@@ -103,6 +105,12 @@ def optimize_graph(args, graph, stages, dump_dir=None):
     return result
 
 
+def _write_ir(args, path: str, graph, locs: bool = True) -> None:
+    """IR text to ``path`` with the constants the user asked for (and a sidecar)."""
+    from ..ir.printer import write_text
+    write_text(graph, path, locs=locs, full_constants=args.full_constants, sidecar=args.sidecar or None)
+
+
 def cmd_check(args) -> int:
     stages = Stages(args.quiet)
     graph = optimize_graph(args, trace_model(args, stages), stages)
@@ -127,13 +135,13 @@ def cmd_export(args) -> int:
     graph = trace_model(args, stages)
     if args.dump_ir:
         with stages.stage("dump IR", args.dump_ir):
-            atomic_write(args.dump_ir, graph.text())
+            _write_ir(args, args.dump_ir, graph)
     optimized = optimize_graph(args, graph, stages)
     if args.dump_ir and optimized is not graph:
         stem, ext = os.path.splitext(args.dump_ir)
         after = f"{stem}.{args.passes or 'default'}{ext or '.ir'}"
         with stages.stage("dump IR", after):
-            atomic_write(after, optimized.text())
+            _write_ir(args, after, optimized)
     graph = optimized
     with stages.stage("lower", f"ONNX -> {args.output}"):
         model = export_onnx(graph, args.output, opset=args.opset,
@@ -170,8 +178,8 @@ def cmd_compile(args) -> int:
     rows = module_table(graph)
     if dump:
         with stages.stage("dump", dump):
-            atomic_write(os.path.join(dump, "ir.before.ir"), traced.text())
-            atomic_write(os.path.join(dump, "ir.after.ir"), graph.text())
+            _write_ir(args, os.path.join(dump, "ir.before.ir"), traced)
+            _write_ir(args, os.path.join(dump, "ir.after.ir"), graph)
             atomic_write(os.path.join(dump, "stablehlo.mlir"), exe.as_text("stablehlo"))
             atomic_write(os.path.join(dump, "hlo.txt"), exe.as_text("hlo"))
             cost = {k: v for k, v in exe.cost_analysis().items() if "{" not in k}  # totals only

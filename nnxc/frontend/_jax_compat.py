@@ -152,79 +152,37 @@ def decode_param(v: Any, dims: dict | None = None) -> Any:
 
 # -- symbolic dims ---------------------------------------------------------------
 
-_DIM_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
-
-
 def eval_dim(expr: str, env: dict) -> Any:
     """Evaluate a dim expression (``2*B+1``, ``floordiv(B,2)``) with symbols from ``env``.
 
-    A small recursive-descent evaluator: IR text may come from anywhere, so no eval().
-    Unknown symbols evaluate to JAX symbolic dims, so the result can stay symbolic.
+    The one dimension-expression parser (``nnxc.ir.types.parse_dim``) does the parsing; unknown
+    symbols evaluate to JAX symbolic dims, so the result can stay symbolic.
     """
-    toks = [m for m in _DIM_TOKEN.finditer(expr) if m.group(0).strip()]
-    pos = 0
-
-    def peek():
-        return toks[pos].group(0).strip() if pos < len(toks) else None
-
-    def take():
-        nonlocal pos
-        pos += 1
-        return toks[pos - 1]
-
-    def atom():
-        t = take()
-        if t.group(1):
-            return int(t.group(1))
-        if t.group(2):
-            name = t.group(2)
-            if peek() == "(":
-                take()
-                args = [add()]
-                while peek() == ",":
-                    take()
-                    args.append(add())
-                if take().group(0).strip() != ")":
-                    raise ValueError(f"bad dim expression {expr!r}")
-                fns = {"floordiv": lambda a, b: a // b, "mod": lambda a, b: a % b,
-                       "max": lambda a, b: core.max_dim(a, b), "min": lambda a, b: core.min_dim(a, b),
-                       "non_negative": lambda a: core.max_dim(a, 0)}
-                return fns[name](*args)
-            if name not in env:  # a new symbol; symbols made here share one scope
-                scope = env.setdefault("__scope__", jax.export.SymbolicScope())
-                env[name] = jax.export.symbolic_shape(name, scope=scope)[0]
-            return env[name]
-        if t.group(0).strip() == "(":
-            v = add()
-            take()
-            return v
-        if t.group(0).strip() == "-":
-            return -atom()
-        raise ValueError(f"bad dim expression {expr!r}")
-
-    def mul():
-        v = atom()
-        while peek() in ("*",):
-            take()
-            v = v * atom()
-        return v
-
-    def add():
-        v = mul()
-        while peek() in ("+", "-"):
-            op = take().group(0).strip()
-            v = v + mul() if op == "+" else v - mul()
-        return v
-
-    out = add()
-    if pos != len(toks):
-        raise ValueError(f"bad dim expression {expr!r}")
-    return out
+    from ..ir.ops import JAX_DIM_OPS
+    from ..ir.types import parse_dim
+    try:
+        return parse_dim(expr).evaluate(env, JAX_DIM_OPS)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed expression from IR text
+        raise ValueError(f"bad dim expression {expr!r}: {e}") from None
 
 
 # -- binding ---------------------------------------------------------------------
 
-_implicit: dict[str, dict[str, Any]] = {}
+# Params each primitive takes that the IR leaves out when they are None (an explicit table
+# for this JAX range; tests/test_frontend_trust.py checks it against what tracing omits).
+# Binding a node restores them, so a graph parsed from text in a new process runs.
+OMITTED_BY_PRIMITIVE: dict[str, tuple[str, ...]] = {
+    "broadcast_in_dim": ("sharding",), "convert_element_type": ("sharding",), "iota": ("sharding",),
+    "reshape": ("dimensions", "sharding"), "reduce_sum": ("out_sharding",), "mul": ("out_dtype",),
+    "conv_general_dilated": ("out_sharding", "precision", "preferred_element_type"),
+    "dot_general": ("out_sharding", "precision", "preferred_element_type"),
+    **{name: ("accuracy",) for name in ("cbrt", "cos", "exp", "exp2", "expm1", "log", "log1p",
+                                        "logistic", "rsqrt", "sin", "sqrt", "tan", "tanh")},
+}
+_implicit: dict[str, dict[str, Any]] = {
+    name: dict.fromkeys(params) for name, params in OMITTED_BY_PRIMITIVE.items()}
 _MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)")
 
 # params left out of the IR when None (printing them would only add noise)

@@ -4,12 +4,13 @@ from .attrs import DType, EnumVal, Record, SymDim
 from .changes import GraphDiff, diff
 from .graph import Elided, Graph, Node, Region, Value, Variable
 from .jsonio import IRJsonError, from_json, to_json
-from .parser import IRParseError, parse
-from .printer import print_graph
-from .types import TensorType
+from .parser import ElidedConstantError, IRParseError, parse
+from .printer import print_graph, write_text
+from .types import DimExpr, TensorType, parse_dim
 from .verify import verify
 from .view import to_dot, to_html
 
 __all__ = ["DType", "EnumVal", "Record", "SymDim", "Elided", "Graph", "Node", "Region", "Value",
-           "Variable", "IRParseError", "parse", "print_graph", "TensorType", "verify",
+           "Variable", "IRParseError", "ElidedConstantError", "parse", "print_graph", "write_text",
+           "TensorType", "DimExpr", "parse_dim", "verify",
            "to_json", "from_json", "IRJsonError", "to_dot", "to_html", "diff", "GraphDiff"]

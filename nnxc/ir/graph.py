@@ -139,9 +139,11 @@ class Graph:
         from .printer import print_graph
         return print_graph(self)
 
-    def text(self, locs: bool = True) -> str:
+    def text(self, locs: bool = True, full_constants: bool | None = None) -> str:
+        """The IR text; ``full_constants``: print every constant's data (True), elide large
+        ones as ``elided<hash>`` (False), or print them when they total <= 64 KiB (None)."""
         from .printer import print_graph
-        return print_graph(self, locs=locs)
+        return print_graph(self, locs=locs, full_constants=full_constants)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Graph) and self.text() == other.text()

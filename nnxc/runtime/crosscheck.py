@@ -134,9 +134,26 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
             report.first_difference = first_changing_pass(graph, got["jax"], pos, kwa) or ""
         if session is not None and new_state is not None:
             for path, g in zip(update_paths, got["onnx"][len(names):]):
-                report.rows.append(_row(f"{path} (update)", size, "onnx", _host(new_state[path]), g,
-                                        rtol, atol))
+                ref_new = _host(new_state[path])
+                report.rows.append(_row(f"{path} (update)", size, "onnx", ref_new, g, rtol,
+                                        atol if atol is not None else
+                                        _update_atol(ref_new, exe.state.get(path), flat, rtol)))
     return report
+
+
+def _update_atol(new, old, inputs: list, rtol) -> float | None:
+    """The absolute tolerance of a variable update, at the scale of the variable: its old and
+    new values and the data that flows into it (a BatchNorm mean of nearly cancelling inputs
+    is 1e-9 with rounding noise of the inputs' size, not of 1e-9)."""
+    new = np.asarray(new)
+    if new.dtype.kind not in "fc":
+        return None
+    from ..ir.types import dtype_name
+    r = RTOL.get(dtype_name(new.dtype), 0.0) if rtol is None else rtol
+    scales = [new] + ([np.asarray(_host(old))] if old is not None else []) + [
+        np.asarray(x) for x in inputs if np.asarray(x).dtype.kind in "fc"]
+    scale = max((float(np.max(np.abs(a), initial=0.0)) for a in scales if a.size), default=0.0)
+    return r * (scale if np.isfinite(scale) and scale else 1.0)
 
 
 def _same(a: list, b: list) -> bool:

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ... import __version__
-from ...errors import NnxcError, UnsupportedOpError
+from ...errors import NnxcWarning, NnxcError, UnsupportedOpError
 from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol
 from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape  # noqa: F401 - rules
@@ -233,7 +233,7 @@ def _check(model, weights, consts) -> None:
 
 # -- onnxruntime's CPU kernels ------------------------------------------------------------
 
-class OnnxKernelWarning(UserWarning):
+class OnnxKernelWarning(NnxcWarning):
     """The installed onnxruntime's CPU provider has no kernel for an op of an exported model."""
 
 
