@@ -286,3 +286,15 @@ def test_refusals_are_clear():
     g = nnxc.trace(lambda x: jnp.pad(x, ((1, 2), (0, 1)), mode="edge"), "f32[B,5]")
     with pytest.raises(nnxc.UnsupportedOpError, match=r"reshape to an empty shape needs opset >= 14"):
         export_onnx(g, opset=13)
+
+
+def test_dim_powers_and_zero_sized_reshapes_through_the_one_dim_parser():
+    """``(x @ x.T).reshape(-1)`` has the dim ``B^2``; ``x[1:].reshape(-1)`` is 0 long at B=1.
+    Both are built from nnxc.ir.types.parse_dim (the parser both backends share)."""
+    import onnxruntime as ort
+    for f in (lambda x: (x @ x.T).reshape(-1), lambda x: x[1:].reshape(-1)):
+        m = nnxc.export_onnx(nnxc.trace(f, "f32[B,3]"))
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for b in (1, 3):
+            x = np.random.default_rng(b).random((b, 3)).astype(np.float32)
+            np.testing.assert_allclose(s.run(None, {"x": x})[0], np.asarray(jax.jit(f)(x)), rtol=1e-6)

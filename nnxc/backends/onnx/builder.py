@@ -9,14 +9,13 @@ every subgraph can refer to them.
 from __future__ import annotations
 
 import operator
-import re
 
 import numpy as np
 from onnx import TensorProto, helper
 
 from ...ir.attrs import SymDim
 from ...ir.graph import Elided, Value
-from ...ir.types import TensorType
+from ...ir.types import DimError, DimOps, TensorType, parse_dim
 from .table import Refused
 
 ONNX_DTYPE = {
@@ -207,6 +206,10 @@ class Builder:
                     outs = fn(self, node, [self.value(v) for v in node.inputs])
                 except Refused as e:
                     ctx.failures.append((node.op, node.path, node.loc, str(e)))
+                except Exception as e:  # noqa: BLE001 - a rule's bug: name the node, never a raw error
+                    ctx.failures.append((node.op, node.path, node.loc,
+                                         f"internal error in its ONNX rule ({type(e).__name__}: {e}); "
+                                         "please report it"))
             if outs is None:
                 outs = [ctx.fresh("missing") for _ in node.outputs]
             elif isinstance(outs, str):
@@ -222,7 +225,11 @@ class Builder:
             return self.i64(d)
         cache = self.ctx.dims
         if d not in cache:
-            cache[d] = _DimParser(self.ctx, d).parse()
+            try:
+                expr = parse_dim(d)
+            except DimError as e:
+                raise Refused(f"cannot evaluate the symbolic dim {d!r}: {e}") from None
+            cache[d] = expr.evaluate({}, _OnnxDimOps(self.ctx))
         return cache[d]
 
     def shape(self, dims) -> str:
@@ -261,8 +268,12 @@ class Builder:
         return self.op("Cast", x, to=onnx_dtype(dst))
 
     def reshape(self, x: str, dims) -> str:
-        dims = tuple(dims)
-        return self.op("Reshape", x, self.shape(dims), allowzero=1 if 0 in dims else None)
+        """``x`` reshaped; a symbolic dim may be 0 at run time (``B-1`` at B=1), and Reshape
+        reads a 0 as "keep the input's dim" unless ``allowzero`` is set."""
+        dims = tuple(as_dim(d) for d in dims)
+        maybe_zero = 0 in dims or any(not isinstance(d, int) for d in dims)
+        return self.op("Reshape", x, self.shape(dims),
+                       allowzero=1 if maybe_zero and self.opset >= 14 else None)
 
     def transpose(self, x: str, perm) -> str:
         perm = list(perm)
@@ -311,36 +322,14 @@ class Builder:
         return self.op("Mul", out, self.where(lost, self.scalar(-1, dtype), self.scalar(1, dtype), dtype))
 
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
+class _OnnxDimOps(DimOps):
+    """Evaluate a dim expression (``nnxc.ir.types.parse_dim``) into prelude int64 nodes:
+    symbols are the sizes of the input axes they name (``Shape``), arithmetic is ONNX ops."""
 
+    def __init__(self, ctx: Context):
+        self.ctx, self.b = ctx, ctx.pre
 
-class _DimParser:
-    """A symbolic dim expression (``2*B+1``, ``floordiv(B,2)``) as prelude nodes -> [1] int64."""
-
-    def __init__(self, ctx: Context, expr: str):
-        self.ctx, self.b, self.expr = ctx, ctx.pre, expr
-        self.toks = [m for m in _TOKEN.finditer(expr) if m.group(0).strip()]
-        self.pos = 0
-
-    def parse(self) -> str:
-        out = self.add()
-        if self.pos != len(self.toks):
-            self.fail()
-        return out
-
-    def fail(self):
-        raise Refused(f"cannot evaluate the symbolic dim {self.expr!r}")
-
-    def peek(self):
-        return self.toks[self.pos].group(0).strip() if self.pos < len(self.toks) else None
-
-    def take(self):
-        if self.pos >= len(self.toks):
-            self.fail()
-        self.pos += 1
-        return self.toks[self.pos - 1]
-
-    def symbol(self, name: str) -> str:
+    def symbol(self, name: str, env):
         key = ("sym", name)
         if key not in self.ctx.dims:
             src = self.ctx.dim_sources.get(name)
@@ -354,48 +343,25 @@ class _DimParser:
                 self.ctx.dims[key] = b.op("Gather", b.op("Shape", x), b.i64(axis))
         return self.ctx.dims[key]
 
-    def atom(self) -> str:
-        t = self.take()
-        b = self.b
-        if t.group(1):
-            return b.i64(int(t.group(1)))
-        if t.group(2):
-            name = t.group(2)
-            if self.peek() != "(":
-                return self.symbol(name)
-            self.take()
-            args = [self.add()]
-            while self.peek() == ",":
-                self.take()
-                args.append(self.add())
-            if self.take().group(0).strip() != ")":
-                self.fail()
-            if name == "floordiv":  # (a - a mod b) / b is floor division for either sign
-                return b.op("Div", b.op("Sub", args[0], b.op("Mod", *args)), args[1])
-            if name == "non_negative":
-                return b.op("Max", args[0], b.i64(0))
-            fn = {"mod": "Mod", "max": "Max", "min": "Min"}.get(name)
-            if fn is None:
-                self.fail()
-            return b.op(fn, *args)
-        if t.group(0).strip() == "(":
-            v = self.add()
-            self.take()
-            return v
-        if t.group(0).strip() == "-":
-            return b.op("Neg", self.atom())
-        self.fail()
+    def const(self, k: int):
+        return self.b.i64(k)
 
-    def mul(self) -> str:
-        v = self.atom()
-        while self.peek() == "*":
-            self.take()
-            v = self.b.op("Mul", v, self.atom())
-        return v
+    def add(self, a, b):
+        return self.b.op("Add", a, b)
 
-    def add(self) -> str:
-        v = self.mul()
-        while self.peek() in ("+", "-"):
-            op = self.take().group(0).strip()
-            v = self.b.op("Add" if op == "+" else "Sub", v, self.mul())
-        return v
+    def mul(self, a, b):
+        return self.b.op("Mul", a, b)
+
+    def floordiv(self, a, b):  # (a - a mod b) / b is floor division for either sign
+        return self.b.op("Div", self.b.op("Sub", a, self.b.op("Mod", a, b)), b)
+
+    def mod(self, a, b):  # integer Mod takes the divisor's sign, as Python's % does
+        return self.b.op("Mod", a, b)
+
+    def max(self, a, b):
+        return self.b.op("Max", a, b)
+
+    def min(self, a, b):
+        return self.b.op("Min", a, b)
+
+
