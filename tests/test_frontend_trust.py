@@ -181,3 +181,31 @@ def test_batchnorm_update_of_cancelling_inputs_is_compared_at_the_variables_scal
     assert report.ok, str(report)
     rows = [r for r in report.rows if "mean (update)" in r["output"]]
     assert rows and rows[0]["abs"] < 1e-6
+
+
+def test_compiled_fast_path_keeps_state_and_validation():
+    """Repeated calls go straight to jax.jit's dispatch once a signature is validated; state
+    updates still flow (BatchNorm statistics, RNG counts) and new shapes are still checked."""
+    class M(nnx.Module):
+        def __init__(self):
+            self.l = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
+            self.bn = nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+            self.drop = nnx.Dropout(0.5, rngs=nnx.Rngs(1))
+
+        def __call__(self, x):
+            return self.drop(self.bn(self.l(x)))
+
+    model = M()
+    exe = nnxc.compile(nnxc.trace(model, "f32[B,4]"))
+    ref = nnx.jit(lambda m, x: m(x))
+    for b in (2, 2, 3, 2):
+        x = np.random.default_rng(b).standard_normal((b, 4)).astype(np.float32)
+        assert np.array_equal(np.asarray(exe(x)), np.asarray(ref(model, x)))
+    state = nnxc.frontend.trace.nnx_state(exe.graph, exe.state)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(state), nnx.to_flat_state(nnx.state(model))):
+        a, b = a.get_value(), b.get_value()
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert np.array_equal(np.asarray(a), np.asarray(b)), path
+    with pytest.raises(nnxc.NnxcError, match="shape"):
+        exe(np.zeros((2, 5), np.float32))

@@ -46,6 +46,13 @@ class Compiled:
             self._var_shardings = placement["in_shardings"][0]
             self._jitted = jax.jit(fn, **placement)
         self._executables: dict[tuple, Any] = {}
+        # the fast path of __call__: argument signatures already validated, and the
+        # variables as device arrays, built once per state (see _fast_call)
+        self._fast_sigs: set = set()
+        self._leaves, self._leaves_of = None, None
+        self._index = {v.path: i for i, v in enumerate(self._inputs)}
+        flat = jax.tree_util.tree_structure(tuple(range(len(graph.inputs))))
+        self._plain_args = graph.in_tree is None or graph.in_tree == flat
         if all(v.type.is_static for v in graph.inputs):
             self._executable(self._arg_structs())
 
@@ -133,6 +140,8 @@ class Compiled:
             raise NnxcError(f"no value for variable(s) {', '.join(missing[:5])}"
                             + (" ..." if len(missing) > 5 else ""))
         flat = self._flat_args(args)
+        if self._plain_args and len(args) == len(flat):
+            self._fast_sigs.add(tuple([(a.shape, a.dtype) for a in args]))
         structs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
         exe = self._executable(structs)
         outs, new = exe(self._place([state[v.path] for v in self._inputs]), flat)
@@ -158,9 +167,35 @@ class Compiled:
         return tuple(kwargs[n] for n in names)
 
     def __call__(self, *args, **kwargs):
+        if not kwargs and self.mesh is None and self._plain_args:
+            try:
+                sig = tuple([(a.shape, a.dtype) for a in args])
+            except AttributeError:
+                sig = None
+            if sig in self._fast_sigs:
+                return self._fast_call(list(args))
         out, new_state = self.apply(self.state, *args, **kwargs)
         self.state = new_state
         return out
+
+    def _fast_call(self, args: list):
+        """A call with arguments of a signature ``apply`` has validated: straight to jax.jit's
+        C++ dispatch (which reuses the executable compiled ahead of time), with the
+        variables kept as device arrays between calls."""
+        if self._leaves_of is not self.state:
+            self._leaves = jax.device_put(self._place([self.state[v.path] for v in self._inputs]))
+            self._leaves_of = self.state
+        outs, new = self._jitted(self._leaves, args)
+        if self._updated:
+            state, leaves = dict(self.state), list(self._leaves)
+            for path, x in zip(self._updated, new):
+                state[path] = x
+                i = self._index.get(path)
+                if i is not None:
+                    leaves[i] = x
+            self.state, self._leaves, self._leaves_of = state, leaves, state
+        tree = self.graph.out_tree
+        return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else tuple(outs)
 
     # -- inspecting ------------------------------------------------------------
     def as_text(self, dialect: str = "stablehlo", *arg_structs) -> str:
