@@ -355,3 +355,15 @@ def test_batchnorm_train_statistics(scale, offset):
         assert np.all(np.abs(onnx_value - exact) <= tol) and np.all(np.abs(jax_value - exact) <= tol), name
     if scale >= 1:  # well conditioned: the normalized outputs agree to f32 precision
         np.testing.assert_allclose(got[0], np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+def test_relu_is_exported_as_relu_and_keeps_nan():
+    """max(x, 0) becomes Relu (onnxruntime fuses it into Conv/Gemm), with XLA's NaN and inf."""
+    import onnxruntime as ort
+    for f in (jax.nn.relu, lambda x: jnp.maximum(0.0, x), lambda x: jnp.maximum(x, jnp.zeros_like(x))):
+        g = nnxc.trace(f, "f32[7]")
+        m = nnxc.export_onnx(g)
+        assert [n.op_type for n in m.graph.node] == ["Relu"], [n.op_type for n in m.graph.node]
+        x = np.array([np.nan, -0.0, 0.0, -1, 2, -np.inf, np.inf], np.float32)
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.asarray(jax.jit(f)(x)))

@@ -44,7 +44,23 @@ def _arith(b, node, xs):
     if node.op in ("max", "min") and t in ("i16", "u16"):  # not in onnxruntime: go through i32
         out = b.op(node.op.capitalize(), *[b.cast(x, t, "i32") for x in xs])
         return b.cast(out, "i32", t)
+    if node.op == "max" and t in ("f32", "f16", "f64"):
+        relu = _relu_of(node, xs)
+        if relu is not None:  # Relu, not Max(x, 0): onnxruntime fuses it into Conv / Gemm
+            return b.op("Relu", relu)
     return b.op(node.op.capitalize(), *xs)
+
+
+def _relu_of(node, xs):
+    """The operand of ``max(x, 0)`` (either order, 0 a constant splat), else None."""
+    from ...passes.rewrite import splat
+    a, c = node.inputs
+    for x, zero, name in ((a, c, xs[0]), (c, a, xs[1])):
+        if zero.type.size() != 1 and zero.type != node.outputs[0].type:
+            continue
+        if x.type == node.outputs[0].type and splat(zero) == 0.0:
+            return name
+    return None
 
 
 @rule("and", "or", "xor", "not")
