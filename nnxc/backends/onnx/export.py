@@ -4,7 +4,16 @@ Graph inputs keep the user's argument names, variables become initializers named
 module path (or graph inputs with ``weights_as_inputs=True``), symbolic dims become
 ``dim_param``s of the same name. Outputs are named after the output pytree ("output",
 "output.0", "logits", ...), followed by the variable updates ("<path>.new", or "<path>" for
-variables the call created, e.g. sown intermediates).
+variables the call created, e.g. sown intermediates). Constants that were variables keep the
+variable's path (``-O inference`` freezes them), folded ones ``<path>.folded``.
+
+Every node carries ``metadata_props`` (what ``node_metadata`` returns): ``namespace``, the
+module path of the IR node it was lowered from as torch.onnx writes it (levels joined by
+``/`` under the graph name, so Model Explorer builds its layer tree from it: ``GPT/blocks.0/
+attn``; ``GPT`` at top level), ``nnxc.path`` (the dotted module path, "" at top level),
+``nnxc.class`` (the module's class) and ``nnxc.loc`` (the user's source line). The model
+carries ``producer_name`` ``nnxc``, ``producer_version`` and ``metadata_props``
+(``model_metadata``): the model's class, frontend, graph name and the opset choice.
 """
 from __future__ import annotations
 
@@ -48,13 +57,65 @@ def max_opset() -> int:
     return MIN_OPSET
 
 
+def _levels(path: str) -> list[str]:
+    """``blocks.0.attn`` -> ``["blocks.0", "attn"]``: a list index stays with its container."""
+    parts, out = path.split("."), []
+    for part in parts:
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}.{part}"
+        else:
+            out.append(part)
+    return out
+
+
+def root_class(graph: Graph) -> str | None:
+    """The class of the traced model (None for a plain function)."""
+    classes = graph.meta.get("module_types") or {}
+    if classes.get(""):
+        return classes[""]
+    return graph.name if graph.meta.get("frontend") in ("nnx", "linen") else None
+
+
+def node_metadata(graph: Graph):
+    """``(module path, loc) -> [(key, value)]``: the ``metadata_props`` of ONNX nodes."""
+    classes = dict(graph.meta.get("module_types") or {})
+    top = root_class(graph)
+
+    def meta(path: str, loc: str | None) -> list:
+        pairs = [("namespace", "/".join([graph.name, *_levels(path)]) if path else graph.name),
+                 ("nnxc.path", path)]
+        cls = classes.get(path) if path else top
+        if cls:
+            pairs.append(("nnxc.class", cls))
+        if loc:
+            pairs.append(("nnxc.loc", loc))
+        return pairs
+    return meta
+
+
+def model_metadata(graph: Graph, opset: int, requested) -> dict:
+    """The model's ``metadata_props``: what was exported and how the opset was chosen."""
+    import onnxruntime as ort
+    out = {"nnxc.graph": graph.name}
+    cls = root_class(graph)
+    if cls:
+        out["nnxc.class"] = cls
+    if graph.meta.get("frontend"):
+        out["nnxc.frontend"] = str(graph.meta["frontend"])
+    out["nnxc.opset"] = str(opset)
+    out["nnxc.opset_choice"] = (f"requested (nnxc exports {MIN_OPSET}..{max_opset()})" if requested
+                                else f"default: the newest onnxruntime {ort.__version__} runs")
+    return out
+
+
 def supported_opsets() -> range:
     return range(MIN_OPSET, max_opset() + 1)
 
 
 def resolve_opset(opset) -> int:
     if opset is None:
-        return max_opset()
+        from .native import default_opset
+        return default_opset()
     ok = supported_opsets()
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ok:
         import onnxruntime as ort
@@ -95,10 +156,12 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     ``onnx.checker.check_model(full_check=True)`` (strict shape inference included) on the
     graph with its weights declared as typed inputs, before the weights are added.
     """
+    requested = opset is not None
     opset = resolve_opset(opset)
     if external_data and path is None:
         raise NnxcError("external_data needs a path to write the data file beside")
     ctx = Context(opset)
+    ctx.node_meta = node_metadata(graph)
     b = Builder(ctx)
     inputs, weights = [], []
     for v in graph.inputs:
@@ -132,10 +195,15 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     opsets = [helper.make_opsetid("", opset)]
     if ctx.functions:
         opsets.append(helper.make_opsetid("nnxc", 1))
+    for fn in ctx.functions.values():  # shared bodies: named after the function
+        for node in fn.node:
+            if not any(p.key == "namespace" for p in node.metadata_props):
+                node.metadata_props.add(key="namespace", value=f"{fn.domain}.{fn.name}")
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="nnxc",
                               producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets[:1]),
                               functions=list(ctx.functions.values()))
+    helper.set_model_props(model, model_metadata(graph, opset, requested))
     weights = [(n, x) for n, x in weights if n in live]
     consts = [(n, x) for n, x in ctx.initializers if n in live]
     fit_kernels(model, weights + consts, opset)
@@ -163,8 +231,11 @@ def _name_outputs(b: Builder, outs: list) -> list:
             node.output[i] = final
             renames[name] = final
         else:
-            b.nodes.append(helper.make_node("Identity", [renames.get(name, name)], [final],
-                                            name=f"output/{final}"))
+            node = helper.make_node("Identity", [renames.get(name, name)], [final],
+                                    name=f"output/{final}")
+            for key, value in b.ctx.metadata("", None):
+                node.metadata_props.add(key=key, value=value)
+            b.nodes.append(node)
         infos.append(value_info(final, v.type))
     if renames:
         _rename_inputs(b.nodes, renames)
@@ -361,6 +432,8 @@ def _upcast(node, ins, outs, up_outs, wide: dict, taken: set) -> list:
             node.output[i] = _fresh(taken, f"{name}.unrounded")
             post.append(helper.make_node("Cast", [node.output[i]], [name], to=t,
                                          name=_fresh(taken, f"{node.name}/out{i}")))
+    for cast in pre + post:  # part of the node they widen
+        cast.metadata_props.extend(node.metadata_props)
     return pre + [node] + post
 
 
@@ -409,5 +482,7 @@ def _probe(node, opset: int, ins: tuple) -> tuple[str, tuple]:
                 return "missing", out_types
             return "unknown", out_types
         ran = onnx.load(options.optimized_model_filepath)
+    if not any(n.op_type == node.op_type for n in ran.graph.node):
+        return "expanded", out_types  # no kernel at this opset: its function body runs instead
     cast = any(n.op_type == "Cast" for n in ran.graph.node)  # inserted around a missing kernel
     return ("upcast" if cast else "native"), out_types

@@ -1,0 +1,34 @@
+"""The default opset is the newest at which every fused op runs on a native onnxruntime
+kernel (onnxruntime expands ops it lacks a kernel for into their ONNX function bodies)."""
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+import nnxc
+import zoo
+from nnxc.backends.onnx.export import max_opset, resolve_opset
+from nnxc.backends.onnx.native import default_opset, expanded_at
+
+
+def test_default_opset_keeps_every_fused_op_native():
+    v = default_opset()
+    assert resolve_opset(None) == v <= max_opset()
+    assert expanded_at(v) == []
+    if v < max_opset():  # a newer opset was passed over because something would be expanded
+        assert any(expanded_at(u) for u in range(v + 1, max_opset() + 1))
+    assert resolve_opset(max_opset()) == max_opset()  # --opset is still honoured
+
+
+def test_gpt_attention_stays_one_native_node_in_onnxruntime(tmp_path):
+    g = nnxc.optimize(zoo.trace("gpt", zoo.make("gpt")), "inference")
+    model = nnxc.export_onnx(g)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Attention" in ops
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = os.path.join(tmp_path, "ran.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    import onnx
+    ran = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ran.count("Attention") == ops.count("Attention")  # not expanded into its function
