@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import Graph, Node, Value
-from .rewrite import Rebuild, const, const_data, fired, use_counts
+from .rewrite import Rebuild, const, const_data, fired, origin_name, use_counts
 
 LAYERS = ("dot_general", "conv_general_dilated")
 
@@ -67,7 +67,9 @@ def _fold(node: Node, rb: Rebuild, single: set) -> Value | None:
     lay = layer.outputs[0]
     if node.op == "mul":
         scaled = (w * _shaped(cvec, w.ndim, dims[1])).astype(w.dtype)
-        lay = rb.emit(layer.op, [layer.inputs[0], const(scaled)], layer.attrs, [out_t],
+        kernel = const(scaled)
+        kernel.name = origin_name([layer.inputs[1]])
+        lay = rb.emit(layer.op, [layer.inputs[0], kernel], layer.attrs, [out_t],
                       layer.path, layer.loc)[0]
         single.add(lay)
         if bias is None:
@@ -76,6 +78,7 @@ def _fold(node: Node, rb: Rebuild, single: set) -> Value | None:
     else:
         total = bvec + cvec if node.op == "add" else bvec - cvec
     bias_c = const(_shaped(total, out_t.rank, dims[0]))
+    bias_c.name = origin_name([bias] if bias is not None else [c])
     return rb.emit("add", [lay, bias_c], None, [out_t], layer.path, layer.loc)[0]
 
 

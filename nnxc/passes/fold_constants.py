@@ -26,7 +26,7 @@ import numpy as np
 from ..frontend import _jax_compat as jc
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import to_dtype
-from .rewrite import Rebuild, const_data, fired, use_counts
+from .rewrite import Rebuild, const_data, fired, origin_name, use_counts
 
 LIMIT = 1 << 16
 NULLARY = frozenset({"iota"})  # ops without inputs that are constants
@@ -67,11 +67,12 @@ def _fold(graph: Graph, limit: int, exact_only: bool) -> Graph:
         if exact_only and new.op == "convert_element_type" and not _round_trips(arrays[0], results[0]):
             return None
         outs = []
+        origin = origin_name(new.inputs)
         for o, old_o, r in zip(new.outputs, old.outputs, results):
             r = np.asarray(r).astype(to_dtype(o.type.dtype), copy=False)
             if r.shape != tuple(o.type.shape):
                 return None
-            c = Value(o.type, data=r)
+            c = Value(o.type, name=origin, data=r)
             born[c] = uses.get(old_o, 0)
             outs.append(c)
         fired("folded")

@@ -164,6 +164,17 @@ def const(x, dtype: str | None = None) -> Value:
     return Value(TensorType.of(arr), data=arr)
 
 
+def origin_name(inputs) -> str | None:
+    """``<path>.folded`` after the largest constant input that was a variable (frozen
+    constants are named by their path), for a constant computed from them; backends name
+    the weight after it (ONNX initializers)."""
+    named = [v for v in inputs if v.name and v.is_const]
+    if not named:
+        return None
+    name = max(named, key=lambda v: v.type.size() if v.type.is_static else 0).name
+    return name if name.endswith(".folded") else f"{name}.folded"
+
+
 def const_data(v: Value):
     """The array of a constant value with data (None for non-constants and elided ones)."""
     if not v.is_const or isinstance(v.data, Elided):
@@ -201,5 +212,7 @@ def reshaped(b, v: Value, shape: tuple) -> Value:
     from ..ir.attrs import SymDim
     data = const_data(v)
     if data is not None and all(isinstance(d, int) for d in shape):
-        return const(data.reshape(shape))
+        out = const(data.reshape(shape))
+        out.name = v.name  # the same weight in another shape
+        return out
     return b.reshape(v, new_sizes=tuple(SymDim(d) if isinstance(d, str) else d for d in shape))

@@ -86,6 +86,11 @@ class Context:
         self.dim_sources: dict[str, tuple[str, int]] = {}  # symbol -> (input name, axis)
         self.dims: dict = {}
         self.path = ""  # module path of the IR node being lowered (names ONNX nodes)
+        self.loc: str | None = None  # its source location
+        # (module path, loc) -> metadata_props pairs for the nodes lowered from it (set by
+        # export_onnx: ``namespace``, ``nnxc.class``, ``nnxc.loc``); None: no metadata
+        self.node_meta = None
+        self._meta_cache: dict = {}
         self.failures: list[tuple] = []  # (op, module path, source loc, reason)
         self.pre = Builder(self)  # the prelude: symbolic dims, at the start of the main graph
 
@@ -96,6 +101,16 @@ class Context:
             name, i = f"{base}_{i}", i + 1
         self.taken.add(name)
         return name
+
+    def metadata(self, path: str, loc: str | None) -> tuple:
+        """The ``metadata_props`` pairs of a node lowered from module ``path`` at ``loc``."""
+        if self.node_meta is None:
+            return ()
+        key = (path, loc)
+        pairs = self._meta_cache.get(key)
+        if pairs is None:
+            pairs = self._meta_cache[key] = tuple(self.node_meta(path, loc))
+        return pairs
 
     def fresh(self, hint: str = "v") -> str:
         while True:
@@ -141,7 +156,12 @@ class Builder:
         if v.type.rank:  # a graph-level constant: one initializer however often it is used
             name = self.ctx.big.get(id(v))
             if name is None:
-                name = self.ctx.big[id(v)] = self.const(host_array(v.data))
+                if v.name:  # a frozen or folded variable keeps its path as its name
+                    name = self.ctx.reserve(v.name)
+                    self.ctx.initializers.append((name, np.asarray(host_array(v.data))))
+                else:
+                    name = self.const(host_array(v.data))
+                self.ctx.big[id(v)] = name
             return name
         return self.const(host_array(v.data))
 
@@ -187,6 +207,10 @@ class Builder:
         node_name = f"{ctx.path}/{op_type}_{ctx.nodes_made}" if ctx.path else f"{op_type}_{ctx.nodes_made}"
         node = helper.make_node(op_type, ins, names, name=node_name, domain=domain or None,
                                 **{k: v for k, v in attrs.items() if v is not None})
+        # the prelude (symbolic dims) belongs to the graph, not to the node that needed it
+        pairs = ctx.metadata("", None) if self is ctx.pre else ctx.metadata(ctx.path, ctx.loc)
+        for key, value in pairs:
+            node.metadata_props.add(key=key, value=value)
         self.nodes.append(node)
         return names[0] if outs == 1 else names
 
@@ -194,8 +218,9 @@ class Builder:
         """Lower IR nodes in order; refusals are collected in ``ctx.failures``, not raised."""
         from .table import ONNX_RULES
         ctx = self.ctx
+        outer = ctx.path, ctx.loc  # a region body: the node holding it continues after
         for node in nodes:
-            ctx.path = node.path
+            ctx.path, ctx.loc = node.path, node.loc
             fn = ONNX_RULES.get(node.op)
             outs = None
             if fn is None:
@@ -216,6 +241,7 @@ class Builder:
                 outs = [outs]
             for v, name in zip(node.outputs, outs):
                 self.env[v] = name
+        ctx.path, ctx.loc = outer
 
     # -- shapes ------------------------------------------------------------------
     def dim(self, d) -> str:
