@@ -103,8 +103,9 @@ def model_metadata(graph: Graph, opset: int, requested) -> dict:
     if graph.meta.get("frontend"):
         out["nnxc.frontend"] = str(graph.meta["frontend"])
     out["nnxc.opset"] = str(opset)
-    out["nnxc.opset_choice"] = (f"requested (nnxc exports {MIN_OPSET}..{max_opset()})" if requested
-                                else f"default: the newest onnxruntime {ort.__version__} runs")
+    out["nnxc.opset_choice"] = (
+        f"requested (nnxc exports {MIN_OPSET}..{max_opset()})" if requested else
+        f"default: the newest at which onnxruntime {ort.__version__} runs every fused op natively")
     return out
 
 
