@@ -7,6 +7,7 @@ in the module tree).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -46,6 +47,40 @@ class Elided:
 
 
 def content_hash(array) -> str:
+    """A short digest of an array's dtype, shape and bytes (what ``elided<..>`` shows).
+
+    Digests of arrays of CACHE_MIN_BYTES or more are cached per array object, so printing
+    or comparing a graph with big weights hashes each weight once. Constant data is never
+    changed in place (passes make new arrays), so a cached digest stays right; the entry
+    goes when its array is freed.
+    """
+    if getattr(array, "nbytes", 0) < CACHE_MIN_BYTES:
+        return _sha(array)
+    hit = _DIGESTS.get(id(array))
+    if hit is not None and hit[0]() is array:
+        return hit[1]
+    digest = _sha(array)
+    try:
+        ref = weakref.ref(array, _forget(id(array)))
+    except TypeError:  # not weakly referenceable: not cached
+        return digest
+    _DIGESTS[id(array)] = (ref, digest)
+    return digest
+
+
+CACHE_MIN_BYTES = 1 << 16
+_DIGESTS: dict[int, tuple[weakref.ref, str]] = {}  # id(array) -> (weak ref to it, digest)
+
+
+def _forget(key: int):
+    def drop(ref):
+        entry = _DIGESTS.get(key)
+        if entry is not None and entry[0] is ref:
+            del _DIGESTS[key]
+    return drop
+
+
+def _sha(array) -> str:
     a = np.ascontiguousarray(np.asarray(array))
     h = hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode())
     h.update(a.view(np.uint8).reshape(-1) if a.size else b"")

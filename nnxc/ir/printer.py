@@ -236,7 +236,7 @@ def elided_arrays(g: Graph, full_constants: bool | None = False) -> dict[str, np
             continue
         a = np.asarray(c.data)
         if a.size > DENSE_LIMIT:
-            out[Elided.of(a).digest] = a
+            out[Elided.of(c.data).digest] = a  # c.data: the object whose digest is cached
     return out
 
 

@@ -18,17 +18,12 @@ from __future__ import annotations
 import math
 
 from ..ir.graph import Graph, Value
-from .idioms import inserts_ones
+from .idioms import inserts_ones, producer
 from .pattern import Custom, Match, Rule, fuse
 from .rewrite import splat
 
 Q, K, V = ("b", "t", "n", "h"), ("b", "s", "n", "h"), ("b", "s", "n", "hv")
 MASK = ("b", "n", "t", "s")
-
-
-def _op(v: Value, op: str):
-    p = v.producer
-    return p if p is not None and p.op == op else None
 
 
 def _dot_labels(d, lhs, rhs, contract: str):
@@ -47,19 +42,19 @@ def _dot_labels(d, lhs, rhs, contract: str):
 
 def _match(root: Value, m: Match) -> str | None:
     post, v = [], root
-    while len(post) < 3 and (_op(v, "transpose") or _op(v, "reshape")):
+    while len(post) < 3 and producer(v, "transpose", "reshape"):
         post.append(v.producer)
         v = v.producer.inputs[0]
-    d2 = _op(v, "dot_general")
+    d2 = producer(v, "dot_general")
     if d2 is None:
         return "the result does not come from a dot_general with the probabilities"
-    p_rhs = _op(d2.inputs[1], "nnxc.softmax") is not None
+    p_rhs = producer(d2.inputs[1], "nnxc.softmax") is not None
     vv, probs = (d2.inputs[0], d2.inputs[1]) if p_rhs else (d2.inputs[1], d2.inputs[0])
-    sm = _op(probs, "nnxc.softmax")
+    sm = producer(probs, "nnxc.softmax")
     if sm is None:
         return "no operand of the last dot_general is a softmax (run fuse-softmax first)"
     chain, s, pred = [sm], sm.inputs[0], None
-    sel = _op(s, "select_n")
+    sel = producer(s, "select_n")
     if sel is not None:
         pred, neg, s = sel.inputs
         big = splat(neg)
@@ -67,12 +62,12 @@ def _match(root: Value, m: Match) -> str | None:
             return f"masked with {big} instead of a large finite negative number"
         chain.append(sel)
     perms = []
-    while _op(s, "transpose"):
+    while producer(s, "transpose"):
         chain.append(s.producer)
         perms.append(tuple(s.producer.attrs["permutation"]))
         s = s.producer.inputs[0]
     scale = 1.0
-    sc = _op(s, "mul") or _op(s, "div")
+    sc = producer(s, "mul", "div")
     if sc is not None:
         a, c = sc.inputs
         if sc.op == "mul" and splat(a) is not None:
@@ -83,12 +78,12 @@ def _match(root: Value, m: Match) -> str | None:
         scale = f if sc.op == "mul" else 1.0 / f
         chain.append(sc)
         s = a
-    d1 = _op(s, "dot_general")
+    d1 = producer(s, "dot_general")
     if d1 is None:
         return "the softmax input does not come from a dot_general of queries and keys"
     q, k = d1.inputs
     qlab = list(Q)
-    rq = _op(q, "reshape")
+    rq = producer(q, "reshape")
     if rq is not None:  # grouped query attention: q [B,T,N,H] -> [B,T,K,G,H]
         q, qlab = rq.inputs[0], ["b", "t", "n", "g", "h"]
         want = tuple(q.type.shape[:2]) + tuple(rq.outputs[0].type.shape[2:4]) + tuple(q.type.shape[3:])

@@ -9,8 +9,9 @@
 
 Flax's form (variance as E[x^2]-E[x]^2) and the textbook one (E[(x-mean)^2]); squares as
 ``square``, ``x**2`` or ``x*x``; ``rsqrt(var+eps)`` or ``/sqrt(var+eps)``; with or without
-scale and bias. The normalized axes must be the trailing dims (as ONNX's ops take them),
-and scale / bias may only vary along them.
+scale and bias; products in any association (the matcher flattens ``mul`` chains). The
+normalized axes must be the trailing dims (as ONNX's ops take them), and scale / bias may
+only vary along them.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Value
 from ..ir.types import to_dtype
-from .idioms import keep, keepdims_ok, unbroadcast
+from .idioms import keep, keepdims_ok, not_float, unbroadcast
 from .pattern import Bind, PatternBuilder, Rule, fuse
 from .rewrite import const, reshaped
 
@@ -44,9 +45,10 @@ def _kmean(v, name):
 
 
 def _scaled(centered, var):
+    """``centered / sqrt(var + eps)``, times ``scale`` or not."""
     inv, den = p.rsqrt(p.add(var, eps)), p.sqrt(p.add(var, eps))
-    normed = p.any(p.mul(centered, inv), p.div(centered, den))
-    return p.any(p.mul(centered, p.mul(inv, scale)), p.mul(normed, scale), normed)
+    return p.any(p.mul(centered, inv, scale), p.mul(p.div(centered, den), scale),
+                 p.mul(centered, inv), p.div(centered, den))
 
 
 centered = p.sub(x, p.any(keep(p, _mean(x), "kmean"), _kmean(x, "kmean")))
@@ -74,8 +76,8 @@ def _param_ok(m, name: str, xv: Value, axes: tuple) -> str | None:
 def _check(m) -> str | None:
     xv, axes = m["x"], tuple(m.attrs["axes"])
     r = xv.type.rank
-    if xv.type.dtype[0] != "f" and xv.type.dtype != "bf16":
-        return f"{xv.type} is not floating point"
+    if not_float(xv):
+        return not_float(xv)
     if axes != tuple(range(r - len(axes), r)):
         return f"normalizes over axes {axes}, not the trailing dims of {xv.type}"
     size = [xv.type.shape[a] for a in axes]

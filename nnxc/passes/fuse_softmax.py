@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from ..ir.graph import Graph
-from .idioms import keep, keepdims_ok
+from .idioms import keep, keepdims_ok, not_float
 from .pattern import Bind, PatternBuilder, Rule, fuse
 from .rewrite import splat
 
@@ -31,8 +31,8 @@ def _check(m):
     xv, axes = m["x"], m.attrs["axes"]
     if len(axes) != 1:
         return f"softmax over {len(axes)} axes (the fused op takes one)"
-    if xv.type.dtype[0] != "f" and xv.type.dtype != "bf16":
-        return f"{xv.type} is not floating point"
+    if not_float(xv):
+        return not_float(xv)
     why = keepdims_ok(m, xv, axes, ["denominator"])
     if why:
         return why

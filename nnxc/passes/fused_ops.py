@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from ..ir.ops import ShapeError, aval, from_aval, shape_rule
 from ..ir.types import TensorType
+from .idioms import is_float
 
 
 def _same_dims(a, b) -> bool:
@@ -30,7 +31,7 @@ def _same_dims(a, b) -> bool:
 
 
 def _float(t: TensorType, what: str) -> None:
-    if t.dtype[0] not in "fb" or t.dtype == "bool":
+    if not is_float(t.dtype):
         raise ShapeError(f"{what} must be floating point, got {t}")
 
 

@@ -1,9 +1,25 @@
-"""Pattern idioms the fusion rules share: keepdims after a reduction, and looking through
-reshapes / broadcasts that only insert size-1 dims."""
+"""Helpers the fusion rules share: float-type checks, keepdims after a reduction, and
+looking through layout ops (reshapes / broadcasts that only insert size-1 dims)."""
 from __future__ import annotations
 
 from ..ir.graph import Node, Value
 from .pattern import Match, Pat, PatternBuilder
+
+
+def is_float(dtype: str) -> bool:
+    """Whether an IR dtype is a real floating-point type (f16, bf16, f32, f64, float8)."""
+    return (dtype[0] == "f" and dtype != "float0") or dtype == "bf16"
+
+
+def not_float(v: Value) -> str | None:
+    """None when ``v`` is floating point, else why a float-only rule does not apply."""
+    return None if is_float(v.type.dtype) else f"{v.type} is not floating point"
+
+
+def producer(v: Value, *ops: str) -> Node | None:
+    """The node that computed ``v`` when its op is one of ``ops``, else None."""
+    p = v.producer
+    return p if p is not None and p.op in ops else None
 
 
 def keep(p: PatternBuilder, x, name: str) -> Pat:

@@ -3,8 +3,11 @@
 Patterns are written with the same builder calls as the replacement: ``p.mul(x, 0.5)`` is a
 pattern when ``p`` is a ``PatternBuilder`` and a node when it is the rewrite's ``Builder``.
 Matching backtracks over alternatives (``p.any``) and the operand order of commutative ops.
-A rule fires when the pattern matches, no value inside it is used outside it, and its
-check returns None; otherwise ``why_not`` tells the reason.
+Chains of ``add`` / ``mul`` are order-free: ``p.mul(0.5, x, y)`` (or ``p.mul(0.5, p.mul(x, y))``)
+matches ``0.5*x*y`` in every association and operand order, because a chain of the same op
+is seen as the multiset of its operands on both sides. A rule fires when the pattern
+matches, no value inside it is used outside it, and its check returns None; otherwise
+``why_not`` tells the reason.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from .dce import eliminate_dead_code
 from .rewrite import Rebuild, fired, splat, use_counts
 
 COMMUTATIVE = frozenset({"add", "mul", "max", "min", "and", "or", "eq", "ne"})
+CHAINS = frozenset({"add", "mul"})  # commutative and associative: matched as operand multisets
 
 
 class Pat:
@@ -41,6 +45,7 @@ class Op(Pat):
     op: str
     args: tuple
     attrs: dict
+    leaves: list | None = dataclasses.field(default=None, repr=False)  # chains: see _chain_leaves
 
 
 @dataclasses.dataclass(eq=False)
@@ -80,6 +85,9 @@ class PatternBuilder:
     """``p.<op>(*args, **attrs)`` is a pattern for a node; numbers are constants."""
 
     def op(self, op: str, *args, **attrs) -> Pat:
+        """``add`` and ``mul`` take any number of operands (a chain, in any association)."""
+        if len(args) > 2 and op not in CHAINS:
+            raise TypeError(f"only {' and '.join(sorted(CHAINS))} patterns take more than two operands")
         return Op(op, tuple(_lift(a) for a in args), attrs)
 
     def __getattr__(self, op: str):
@@ -188,6 +196,9 @@ def _match(pat: Pat, v: Value, m: Match) -> Iterator[None]:
         if node is None or node.op != pat.op or len(node.outputs) != 1:
             m.fail(f"expected {pat.op}, got {node.op if node else 'an input'} ({v.type})")
             return
+        if pat.op in CHAINS and len(node.inputs) == 2:
+            yield from _match_chain(pat, node, m)
+            return
         if len(node.inputs) != len(pat.args):
             m.fail(f"{pat.op} with {len(node.inputs)} operands")
             return
@@ -199,6 +210,96 @@ def _match(pat: Pat, v: Value, m: Match) -> Iterator[None]:
             for _ in _attrs(pat, node, m, list(pat.attrs.items())):
                 yield from _seq(pat.args, ins, m, pat.op)
         m.nodes.pop()
+
+
+def _match_chain(pat: Op, node: Node, m: Match) -> Iterator[None]:
+    """Match a chain pattern at ``node``: every way of seeing the value's chain of the same
+    op as k operands (``_cuts``), against each k-operand form of the pattern, in any order."""
+    m.nodes.append(node)
+    for _ in _attrs(pat, node, m, list(pat.attrs.items())):
+        most, fits = 0, False
+        for leaves in _chain_leaves(pat):
+            for values, inner in _cuts(node, len(leaves)):
+                most = max(most, len(values))
+                if len(values) != len(leaves):
+                    continue
+                fits = True
+                m.nodes.extend(inner)
+                yield from _assign(leaves, values, m, pat.op)
+                del m.nodes[len(m.nodes) - len(inner):]
+        if not fits:
+            want = " or ".join(sorted({str(len(f)) for f in _chain_leaves(pat)}))
+            m.fail(f"a chain of {most} {pat.op} operands, not {want}")
+    m.nodes.pop()
+
+
+def _chain_leaves(pat: Op) -> list[tuple]:
+    """The operand lists a chain pattern stands for: nested patterns of the same op (also
+    inside ``p.any``) are flattened; constants first, then ops, then variables, so the
+    specific operands bind before the free ones."""
+    if pat.leaves is None:
+        rank = lambda q: 0 if isinstance(q, Const) else 2 if isinstance(q, Var) else 1  # noqa: E731
+        forms = list(dict.fromkeys(tuple(sorted(f, key=rank)) for f in _flatten(pat, pat.op)))
+        pat.leaves = forms
+    return pat.leaves
+
+
+def _flatten(pat: Pat, op: str) -> list[tuple]:
+    if isinstance(pat, Op) and pat.op == op and not pat.attrs:
+        forms = [()]
+        for a in pat.args:
+            forms = [f + g for f in forms for g in _flatten(a, op)]
+        return forms
+    if isinstance(pat, Alt) and any(_is_chain(a, op) for a in pat.alts):
+        return [f for a in pat.alts for f in _flatten(a, op)]
+    return [(pat,)]
+
+
+def _is_chain(pat: Pat, op: str) -> bool:
+    if isinstance(pat, Alt):
+        return any(_is_chain(a, op) for a in pat.alts)
+    return isinstance(pat, Op) and pat.op == op and not pat.attrs
+
+
+def _cuts(node: Node, k: int) -> Iterator[tuple[list, list]]:
+    """``(operands, inner nodes)`` for each way to split ``node``'s chain into at most ``k``
+    operands: each operand of a node of the chain is taken whole or, when the same op
+    produced it, split further (``a*(b*c)`` is ``[a, b*c]`` or ``[a, b, c]``)."""
+    def operands(i: int, budget: int, values: list, inner: list):
+        if i == len(node.inputs):
+            yield values, inner
+            return
+        rest = len(node.inputs) - i - 1  # the operands after this one take one each
+        for vs, ns in _cut_value(node.inputs[i], node.op, budget - rest):
+            yield from operands(i + 1, budget - len(vs), values + vs, inner + ns)
+
+    yield from operands(0, k, [], [])
+
+
+def _cut_value(v: Value, op: str, budget: int) -> Iterator[tuple[list, list]]:
+    yield [v], []
+    p = v.producer
+    if budget >= 2 and p is not None and p.op == op and len(p.inputs) == 2 and len(p.outputs) == 1:
+        for vs, ns in _cuts(p, budget):
+            yield vs, [p] + ns
+
+
+def _assign(pats: tuple, values: list, m: Match, under: str) -> Iterator[None]:
+    """Match ``pats`` to ``values`` one to one, in any order."""
+    if not pats:
+        yield
+        return
+    outer, m.under = m.under, f"operand of {under}"
+    tried: list[Value] = []
+    for j, v in enumerate(values):
+        if any(v is t for t in tried):  # the same value again (x*x*x): the same outcomes
+            continue
+        tried.append(v)
+        for _ in _match(pats[0], v, m):
+            m.under = outer
+            yield from _assign(pats[1:], values[:j] + values[j + 1:], m, under)
+            m.under = f"operand of {under}"
+    m.under = outer
 
 
 def _attrs(pat: Op, node: Node, m: Match, items: list) -> Iterator[None]:
