@@ -89,6 +89,7 @@ def _enum_types() -> dict[str, type]:
     for extra in ("AccuracyMode",):
         if hasattr(lax, extra):
             out[extra] = getattr(lax, extra)
+    out[jax.lax.FftType.__name__] = jax.lax.FftType  # public: jnp.fft's fft_type
     return out
 
 

@@ -82,9 +82,13 @@ class Converter:
             else:  # inside an inlined call: its trace may be cached from another call site
                 epath, loc = path, self.inlined_loc
             ins = [read(a) for a in eqn.invars]
-            if name in INLINE:
+            if name in INLINE or name == "custom_linear_solve":
                 outer, self.inlined_loc = self.inlined_loc, loc
-                outs = self.closed(eqn.params.get(INLINE[name]), ins, nodes, epath)
+                if name == "custom_linear_solve":  # what it computes is its `solve` jaxpr
+                    inner, ins = _linear_solve_call(eqn.params, ins)
+                else:
+                    inner = eqn.params.get(INLINE[name])
+                outs = self.closed(inner, ins, nodes, epath)
                 self.inlined_loc = outer
             else:
                 node = self.node(eqn, name, ins, epath, loc)
@@ -141,3 +145,13 @@ def jaxpr_to_graph(closed_jaxpr, graph: Graph, in_values: list[Value]) -> list[V
     outs = conv.closed(closed_jaxpr, in_values, graph.nodes, "")
     conv.finish()
     return outs
+
+
+def _linear_solve_call(params: dict, ins: list):
+    """``custom_linear_solve(consts..., b)`` (jnp.linalg.solve, inv) computes
+    ``solve(solve_consts..., b)``: the forward value, as JAX's own lowering of it does.
+    Its operands are the consts of matvec, vecmat, solve and transpose_solve, then b."""
+    lengths, jaxprs = params["const_lengths"], params["jaxprs"]
+    start = lengths.matvec + lengths.vecmat
+    total = start + lengths.solve + lengths.transpose_solve
+    return jaxprs.solve, list(ins[start:start + lengths.solve]) + list(ins[total:])

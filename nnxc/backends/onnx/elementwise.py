@@ -63,6 +63,12 @@ def _relu_of(node, xs):
     return None
 
 
+@rule("add_any")
+def _add_any(b, node, xs):
+    """What jax.grad adds cotangents with: a plain add."""
+    return b.op("Or" if dt(node) == "bool" else "Add", *xs)
+
+
 @rule("and", "or", "xor", "not")
 def _logic(b, node, xs):
     if dt(node) == "bool":
