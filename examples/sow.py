@@ -1,7 +1,11 @@
 """An NNX model that sows an intermediate activation (``nnx.Intermediate``).
 
-Input ``f32[B,16]``, output ``f32[B,4]``; after a call the model holds ``hidden``, a
-tuple with the post-gelu activation ``f32[B,32]``, which nnxc turns into a new variable.
+Input ``f32[B,16]``, output ``f32[B,4]``. Flax 0.12 collects sown values with
+``nnx.capture``: ``nnx.capture(model, nnx.Intermediate)(x)`` returns ``(y, intermediates)``
+with ``intermediates["hidden"]`` the post-gelu activation ``f32[B,32]``; nnxc traces that
+call as it is (``nnxc ir examples/sow.py:captured -i x:f32[B,16]``), the intermediates
+being outputs. Calling the model itself still sows into the model (deprecated in flax 0.12;
+nnxc turns the sown value into a new variable), which ``sow_model`` keeps for the tests.
 """
 from __future__ import annotations
 
@@ -27,6 +31,11 @@ def sow_model(seed: int = 0) -> SowMLP:
     return SowMLP(rngs=nnx.Rngs(seed))
 
 
+def captured(seed: int = 0):
+    """The MLP's call with its sown intermediates captured: ``x -> (y, intermediates)``."""
+    return nnx.capture(sow_model(seed), nnx.Intermediate)
+
+
 if __name__ == "__main__":
-    model = sow_model()
-    print(model(jnp.ones((2, 16))).shape, model.hidden[0].shape)
+    y, intermediates = captured()(jnp.ones((2, 16)))
+    print(y.shape, intermediates["hidden"][0].shape)

@@ -3,26 +3,88 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from ..errors import NnxcError, SpecError
+from ..errors import NnxcError, NnxcWarning, SpecError
 from .commands import cmd_check, cmd_compile, cmd_export, cmd_ir, cmd_passes, cmd_run
 from .models import load_factory, parse_inputs, parse_kwargs  # noqa: F401 - public helpers
 
 EXIT_FAIL, EXIT_USAGE = 1, 2
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports misuse in one line (``nnxc export: error: ...``) and exits 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _opset(text: str) -> int:
+    from ..backends.onnx.export import supported_opsets
+    from ..backends.onnx.native import default_opset
+    ok = supported_opsets()
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value not in ok:
+        raise argparse.ArgumentTypeError(f"opset {text!r} is not supported: nnxc exports ai.onnx "
+                                         f"opsets {ok.start}..{ok.stop - 1} (default {default_opset()}, "
+                                         "the newest at which onnxruntime runs every fused op natively)")
+    return value
+
+
+def _platforms(text: str) -> str:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in PLATFORMS]
+    if bad or not names:
+        hint = " (JAX calls NVIDIA GPUs cuda, AMD GPUs rocm)" if {"gpu", "nvidia", "amd"} & set(bad) else ""
+        raise argparse.ArgumentTypeError(f"unknown platform(s) {', '.join(bad) or repr(text)}: choose "
+                                         f"from {', '.join(PLATFORMS)}, separated by commas{hint}")
+    return ",".join(names)
+
+
+def _mesh_text(text: str) -> str:
+    items = [t.strip() for t in text.split(",")]
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip().isidentifier() or not v.strip().isdigit() or int(v) < 1:
+            raise argparse.ArgumentTypeError(f"bad mesh {text!r}: expected axis=size pairs like "
+                                             "data=2,model=4")
+    return text
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model spec: path/to/file.py:factory or package.module:factory")
-    p.add_argument("-i", "--input", dest="inputs", action="append", default=[], metavar="NAME:SPEC",
-                   help="an input spec like x:f32[B,784] (repeat, in argument order)")
+    p.add_argument("-i", "--input", dest="inputs", action="append", default=[],
+                   metavar="NAME:SPEC|NAME=FILE",
+                   help="an input, in argument order (repeat): a spec like x:f32[B,784], or data "
+                        "x=x.npy / x=batch.npz[:KEY] (its dtype and shape are the spec unless one "
+                        "is given; nnxc check runs on it)")
     p.add_argument("-k", "--kw", action="append", default=[], metavar="NAME=VALUE",
                    help="a static keyword argument for the model call, e.g. deterministic=True")
+    p.add_argument("--method", metavar="NAME",
+                   help="trace this method of the model instead of __call__ (e.g. encode)")
+    p.add_argument("--mutable", metavar="COLLECTIONS",
+                   help="Linen: the collections the call may update, e.g. batch_stats (or all)")
     p.add_argument("--eval", action="store_true", help="call model.eval() first (NNX)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnxc", description="Compile Flax models: IR, XLA, ONNX.")
+    parser = _Parser(prog="nnxc", description="Compile Flax models: IR, XLA, ONNX.")
     parser.add_argument("--version", action="version", version=f"nnxc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,20 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     _constants_args(p)
     p.add_argument("--summary", action="store_true",
                    help="print parameters, bytes, FLOPs and nodes per module instead of the IR")
-    p.add_argument("--depth", type=int, default=1, help="module path depth of --summary rows")
+    p.add_argument("--depth", type=_count, default=1, help="module path depth of --summary rows")
     p.set_defaults(func=cmd_ir)
 
     p = sub.add_parser("check", help="trace, compile and compare with the model's own output")
     _model_args(p)
     _tolerance_args(p)
     p.add_argument("--no-onnx", action="store_true", help="compare XLA only")
+    p.add_argument("--seed", type=_count, default=0,
+                   help="seed of the random inputs (default 0; not used with -i NAME=FILE)")
     _pass_args(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("export", help="trace, optimize and export to ONNX (checked)")
     _model_args(p)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the newest onnxruntime runs)")
+    p.add_argument("--opset", type=_opset,
+                   help="ONNX opset (default: the newest at which onnxruntime runs every fused op natively)")
     p.add_argument("--external-data", action="store_true",
                    help="weights in one data file beside the model (automatic above 2 GB)")
     p.add_argument("--weights-as-inputs", action="store_true", help="weights as graph inputs")
@@ -70,10 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="trace, optimize and compile ahead of time into an artifact")
     _model_args(p)
     p.add_argument("-o", "--output", required=True, help="the .nnxc artifact to write")
-    p.add_argument("--platform", default="cpu", help="comma-separated: cpu,cuda,rocm,tpu (default cpu)")
+    p.add_argument("--platform", default="cpu", type=_platforms,
+                   help="comma-separated: cpu,cuda,rocm,tpu (default cpu)")
     p.add_argument("--dump-dir", metavar="DIR",
                    help="write IR before/after passes, StableHLO, optimized HLO and a cost/memory report")
-    p.add_argument("--mesh", metavar="AXES", help="compile sharded on a mesh, e.g. data=2,model=4")
+    p.add_argument("--dims", default="", metavar="B=4,...",
+                   help="sizes of symbolic dims for the --dump-dir HLO and cost report (default 1)")
+    p.add_argument("--mesh", metavar="AXES", type=_mesh_text,
+                   help="compile sharded on a mesh, e.g. data=2,model=4 (the factory runs inside it)")
     _constants_args(p)
     _pass_args(p)
     p.set_defaults(func=cmd_compile)
@@ -84,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input from a .npy file, or NAME=FILE.npz:KEY (repeat)")
     p.add_argument("--random", action="store_true", help="random inputs from the manifest's specs")
     p.add_argument("--dims", default="", metavar="B=4,...", help="sizes of symbolic dims for --random")
+    p.add_argument("--seed", type=_count, default=0, help="seed of --random (default 0)")
     p.add_argument("-o", "--output", help="write the outputs to this .npz")
-    p.add_argument("--repeat", type=int, default=10, help="timed runs after the first (default 10)")
+    p.add_argument("--repeat", type=_count, default=10, help="timed runs after the first (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no progress")
     p.set_defaults(func=cmd_run)
 
@@ -127,22 +197,56 @@ def _version() -> str:
     return __version__
 
 
+def _user_path(path) -> str:
+    """The file the user named, not the temporary file nnxc writes it through."""
+    import os
+    import re
+    path = os.fsdecode(path)
+    m = re.fullmatch(r"\.(.+)\.tmp-[0-9a-z-]+", os.path.basename(path))
+    return os.path.join(os.path.dirname(path), m.group(1)) if m else path
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """nnxc's own warnings as one line, ``nnxc: warning: ...``; others as Python prints them."""
+    if issubclass(category, NnxcWarning):
+        print(f"nnxc: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one nnxc command; returns the exit code.
+
+    Misuse (bad options, specs, files, filters) prints one line and returns 2; a model or an
+    export that fails returns 1 with one message. No NnxcError ever shows a traceback; only an
+    unexpected internal error does (it is a bug in nnxc)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse printed one usage line
-        return int(e.code or 0)
-    try:
-        return int(args.func(args) or 0)
-    except SpecError as e:
-        print(f"nnxc: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except NnxcError as e:
-        print(f"nnxc: error: {e}", file=sys.stderr)
-        return EXIT_FAIL
-    except KeyboardInterrupt:
-        return 130
+    except SystemExit as e:  # argparse printed one line (or --help / --version)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", NnxcWarning)
+        try:
+            return int(args.func(args) or 0)
+        except SpecError as e:
+            print(f"nnxc: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except NnxcError as e:
+            print(f"nnxc: error: {e}", file=sys.stderr)
+            return EXIT_FAIL
+        except OSError as e:  # writing an output: a full disk, a folder in the way, no permission
+            if e.filename is None:
+                raise
+            print(f"nnxc: error: {e.strerror or e}: {_user_path(e.filename)}", file=sys.stderr)
+            return EXIT_FAIL
+        except KeyboardInterrupt:
+            print("nnxc: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

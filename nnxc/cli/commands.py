@@ -5,7 +5,7 @@ import os
 import sys
 
 from ..errors import NnxcError, SpecError
-from .models import trace_model
+from .models import fit_dtype, load_array, trace_model
 from .stages import Stages
 
 EXIT_FAIL = 1
@@ -31,8 +31,8 @@ def cmd_ir(args) -> int:
         from ..runtime.passdiff import format_steps, step_passes
         pipeline = _pipeline(args.passes or "default")
         with stages.stage("passes", args.passes or "default"):
-            steps = step_passes(graph, pipeline, freeze=_filter(args.freeze), prune=_filter(args.prune),
-                                progress=stages.progress)
+            steps = step_passes(graph, pipeline, freeze=_filter(args.freeze, graph),
+                                prune=_filter(args.prune, graph), progress=stages.progress)
         graph = steps[-1].after if steps else graph
     else:
         graph = optimize_graph(args, graph, stages, dump_dir=args.dump_after_each)
@@ -79,19 +79,21 @@ def _pipeline(text: str):
     return names
 
 
-def _filter(text: str | None):
+def _filter(text: str | None, graph=None):
+    """``--freeze`` / ``--prune`` text -> an NNX filter, checked against ``graph``'s variables
+    (an unknown Variable type is an error; a part that selects nothing warns)."""
     if text is None:
         return None
     from ..passes import parse_filter
     try:
-        return parse_filter(text)
+        return parse_filter(text, graph)
     except NnxcError as e:
         raise SpecError(f"bad filter {text!r}: {e}") from None
 
 
 def optimize_graph(args, graph, stages, dump_dir=None):
     """Run ``-O/--passes`` (with ``--freeze``/``--prune``) if given; print ``--stats``."""
-    freeze, prune = _filter(args.freeze), _filter(args.prune)
+    freeze, prune = _filter(args.freeze, graph), _filter(args.prune, graph)
     if args.passes is None and freeze is None and prune is None:
         return graph
     from ..passes import optimize
@@ -114,17 +116,21 @@ def _write_ir(args, path: str, graph, locs: bool = True) -> None:
 def cmd_check(args) -> int:
     stages = Stages(args.quiet)
     graph = optimize_graph(args, trace_model(args, stages), stages)
-    report = _crosscheck(graph, stages, args, ("jax", "xla") if args.no_onnx else ("jax", "xla", "onnx"))
+    report = _crosscheck(graph, stages, args, ("jax", "xla") if args.no_onnx else ("jax", "xla", "onnx"),
+                         data=args.input_data)
     print(report)
     return 0 if report.ok else EXIT_FAIL
 
 
-def _crosscheck(graph, stages, args, backends, opset=None):
+def _crosscheck(graph, stages, args, backends, opset=None, data=None):
+    """Compare backends on ``data`` (the arrays given with -i NAME=FILE) or on random
+    inputs drawn with ``--seed`` at each of ``--sizes``."""
     from ..runtime.crosscheck import crosscheck
     what = {"jax": "the model's jax.jit", "xla": "XLA compile", "onnx": "onnxruntime"}
-    with stages.stage("check", ", ".join(what[b] for b in backends)):
-        report = crosscheck(graph, backends=backends, rtol=args.rtol, atol=args.atol,
-                            sizes=_sizes(args.sizes), opset=opset)
+    on = "on the given inputs" if data else f"on random inputs (seed {getattr(args, 'seed', 0)})"
+    with stages.stage("check", ", ".join(what[b] for b in backends) + f" {on}"):
+        report = crosscheck(graph, *(data or ()), backends=backends, rtol=args.rtol, atol=args.atol,
+                            sizes=_sizes(args.sizes), opset=opset, seed=getattr(args, "seed", 0))
     return report
 
 
@@ -152,7 +158,8 @@ def cmd_export(args) -> int:
               f"{model.opset_import[0].version}", file=sys.stderr)
     if not args.check:
         return 0
-    report = _crosscheck(graph, stages, args, ("jax", "xla", "onnx"), opset=args.opset)
+    report = _crosscheck(graph, stages, args, ("jax", "xla", "onnx"), opset=args.opset,
+                         data=args.input_data)
     print(report)
     return 0 if report.ok else EXIT_FAIL
 
@@ -162,32 +169,104 @@ def cmd_compile(args) -> int:
 
     from .._files import atomic_write
     from ..backends.xla.compile import compile as xla_compile
-    from ..backends.xla.compile import parse_mesh
     from ..runtime.artifact import save
     from ..runtime.summary import format_module_table, module_table
     platforms = tuple(p.strip() for p in args.platform.split(",") if p.strip())
-    mesh = parse_mesh(args.mesh) if args.mesh else None
+    mesh = _mesh(args.mesh) if args.mesh else None
+    dims = _dims(args.dims, "--dims")
     stages = Stages(args.quiet)
-    traced = trace_model(args, stages)
+    traced = trace_model(args, stages, mesh=mesh)
     dump = args.dump_dir
     graph = optimize_graph(args, traced, stages, dump_dir=os.path.join(dump, "passes") if dump else None)
-    with stages.stage("compile", "XLA" + (f" on mesh {args.mesh}" if mesh else "")):
+    symbolic = _symbols(graph)
+    unknown = sorted(set(dims) - set(symbolic))
+    if unknown:
+        raise SpecError(f"--dims {', '.join(unknown)}: the model's inputs have "
+                        + (f"the symbolic dims {', '.join(symbolic)}" if symbolic else "no symbolic dims"))
+    _check_static_batch(graph, mesh)
+    structs = _dump_structs(graph, dims, mesh, symbolic) if dump else None
+    what = "XLA" + (f" on mesh {args.mesh}" if mesh else "")
+    with stages.stage("compile", what) as st:
         exe = xla_compile(graph, mesh=mesh)
+        if symbolic:  # nothing to compile until the symbolic dims have sizes
+            st.mark = "–"
+            st.detail = (f"{what}: deferred until concrete sizes exist ({', '.join(symbolic)} symbolic); "
+                         "the artifact compiles for each shape it is called with")
     with stages.stage("save", f"{','.join(platforms)} -> {args.output}"):
         save(exe, args.output, platforms=platforms)
-    rows = module_table(graph)
+    rows = module_table(graph, dims)
     if dump:
-        with stages.stage("dump", dump):
+        sizes = ", ".join(f"{k}={v}" for k, v in sorted(_dump_dims(symbolic, dims).items()))
+        with stages.stage("dump", dump + (f" (HLO and report at {sizes})" if sizes else "")):
             _write_ir(args, os.path.join(dump, "ir.before.ir"), traced)
             _write_ir(args, os.path.join(dump, "ir.after.ir"), graph)
-            atomic_write(os.path.join(dump, "stablehlo.mlir"), exe.as_text("stablehlo"))
-            atomic_write(os.path.join(dump, "hlo.txt"), exe.as_text("hlo"))
-            cost = {k: v for k, v in exe.cost_analysis().items() if "{" not in k}  # totals only
-            report = {"cost_analysis": cost, "memory_analysis": exe.memory_analysis(),
-                      "modules": rows}
+            # symbolic dims stay symbolic in StableHLO, except on a mesh (JAX cannot check
+            # that a symbolic dim divides over the devices)
+            atomic_write(os.path.join(dump, "stablehlo.mlir"),
+                         exe.as_text("stablehlo", *(structs if mesh is not None else ())))
+            atomic_write(os.path.join(dump, "hlo.txt"), exe.as_text("hlo", *structs))
+            cost = {k: v for k, v in exe.cost_analysis(*structs).items() if "{" not in k}  # totals only
+            report = {"cost_analysis": cost, "memory_analysis": exe.memory_analysis(*structs),
+                      "modules": rows, "dims": _dump_dims(symbolic, dims)}
             atomic_write(os.path.join(dump, "report.json"), json.dumps(report, indent=2, default=str))
     print(format_module_table(rows))
     return 0
+
+
+def _mesh(text: str):
+    """``--mesh data=2,model=4`` -> a jax Mesh; one that needs more devices is misuse."""
+    from ..backends.xla.compile import parse_mesh
+    try:
+        return parse_mesh(text)
+    except NnxcError as e:
+        raise SpecError(str(e)) from None
+
+
+def _symbols(graph) -> list[str]:
+    from ..ir.types import parse_dim
+    return sorted({n for v in graph.inputs for d in v.type.shape if isinstance(d, str)
+                   for n in parse_dim(d).symbols})
+
+
+def _dump_dims(symbolic: list[str], dims: dict) -> dict:
+    """Sizes of the symbolic dims for the HLO and the cost report: ``--dims``, else 1."""
+    return {n: dims.get(n, 1) for n in symbolic}
+
+
+def _check_static_batch(graph, mesh) -> None:
+    """On a mesh with a ``data`` axis, data inputs are split along their leading dim."""
+    if mesh is None or "data" not in mesh.axis_names:
+        return
+    n = mesh.shape["data"]
+    for v in graph.inputs:
+        d = v.type.shape[0] if v.type.rank else None
+        if isinstance(d, int) and d % n:
+            raise SpecError(f"input {v.name} {v.type}: its leading dim {d} does not divide over the "
+                            f"mesh's data axis ({n} devices); give a batch that is a multiple of {n} "
+                            "(or a symbolic one, -i x:f32[B,...])")
+
+
+def _dump_structs(graph, dims: dict, mesh, symbolic: list[str]) -> list:
+    """The input shapes the dumped HLO and cost report are compiled for (checked up front:
+    on a mesh, a leading dim split over the ``data`` axis must divide evenly)."""
+    import jax
+
+    from ..ir.types import to_dtype
+    sizes = _dump_dims(symbolic, dims)
+    structs = [jax.ShapeDtypeStruct(_resolve(v.type.shape, sizes), to_dtype(v.type.dtype))
+               for v in graph.inputs]
+    if mesh is not None and "data" in mesh.axis_names:
+        n = mesh.shape["data"]
+        for v, st in zip(graph.inputs, structs):
+            if st.shape and st.shape[0] % n:
+                given = "given" if set(symbolic) <= set(dims) else "default"
+                raise SpecError(
+                    f"--dump-dir compiles the HLO and cost report for concrete sizes: input {v.name} "
+                    f"{v.type} has leading dim {st.shape[0]} ({given} sizes "
+                    f"{', '.join(f'{k}={x}' for k, x in sizes.items()) or 'none'}), which the mesh's data "
+                    f"axis ({n} devices) does not divide; pass --dims with a multiple of {n}, e.g. "
+                    f"--dims {','.join(f'{k}={n}' for k in symbolic) or 'B=' + str(n)}")
+    return structs
 
 
 def cmd_run(args) -> int:
@@ -205,7 +284,7 @@ def cmd_run(args) -> int:
         art = load(args.artifact)
     specs = art.manifest["inputs"]
     if args.random:
-        inputs = _random_inputs(specs, _dims(args.dims))
+        inputs = _random_inputs(specs, _dims(args.dims), args.seed)
     else:
         inputs = _file_inputs(specs, args.inputs)
     with stages.stage("run", "first call (compiles for these shapes)"):
@@ -224,12 +303,12 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _dims(text: str) -> dict:
+def _dims(text: str, option: str = "--dims") -> dict:
     out = {}
-    for item in (t for t in text.split(",") if t.strip()):
+    for item in (t for t in (text or "").split(",") if t.strip()):
         k, sep, v = item.partition("=")
-        if not sep or not k.strip().isidentifier() or not v.strip().isdigit():
-            raise SpecError(f"bad --dims {text!r}: expected B=4,T=16")
+        if not sep or not k.strip().isidentifier() or not v.strip().isdigit() or int(v) < 1:
+            raise SpecError(f"bad {option} {text!r}: expected sizes >= 1 like B=4,T=16")
         out[k.strip()] = int(v)
     return out
 
@@ -239,13 +318,13 @@ def _resolve(shape, dims: dict) -> tuple:
     return tuple(d if isinstance(d, int) else int(eval_dim(d, {**dims})) for d in shape)
 
 
-def _random_inputs(specs, dims: dict) -> list:
+def _random_inputs(specs, dims: dict, seed: int = 0) -> list:
     import re
 
     import numpy as np
 
     from ..runtime.check import random_array
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     out = []
     for s in specs:
         names = {n for d in s["shape"] if isinstance(d, str) for n in re.findall(r"[A-Za-z_]\w*", d)}
@@ -254,25 +333,16 @@ def _random_inputs(specs, dims: dict) -> list:
 
 
 def _file_inputs(specs, items: list[str]) -> list:
-    import numpy as np
-    given = {}
+    """``NAME=FILE.npy`` / ``NAME=FILE.npz[:KEY]`` items -> arrays in the artifact's input order,
+    in its dtypes (exactly representable data converts with a warning)."""
+    from ..ir.types import to_dtype
+    given, files = {}, {}
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep:
+        if not sep or not name.strip().isidentifier():
             raise SpecError(f"bad input {item!r}: expected NAME=FILE.npy or NAME=FILE.npz:KEY")
-        file, key = path.rsplit(":", 1) if ".npz:" in path else (path, "")
-        if not os.path.isfile(file):
-            raise SpecError(f"input file not found: {file}")
-        try:
-            data = np.load(file, allow_pickle=False)
-        except ValueError as e:
-            raise SpecError(f"cannot read {file}: {e}") from None
-        if isinstance(data, np.lib.npyio.NpzFile):
-            key = key or name
-            if key not in data:
-                raise SpecError(f"{file} has no array {key!r} (has: {', '.join(data.files)})")
-            data = data[key]
-        given[name] = data
+        name = name.strip()
+        given[name], files[name] = load_array(name, path), path
     names = [s["name"] for s in specs]
     missing = [n for n in names if n not in given]
     extra = [n for n in given if n not in names]
@@ -281,7 +351,16 @@ def _file_inputs(specs, items: list[str]) -> list:
                         + (f"; missing {', '.join(missing)}" if missing else "")
                         + (f"; unknown {', '.join(extra)}" if extra else "")
                         + " (or pass --random)")
-    return [given[n] for n in names]
+    out = []
+    for s in specs:
+        label = f"input {s['name']} ({files[s['name']]})"
+        data = fit_dtype(label, given[s["name"]], to_dtype(s["dtype"]))
+        want = list(s["shape"])
+        if data.ndim != len(want) or any(isinstance(d, int) and d != n for d, n in zip(want, data.shape)):
+            raise SpecError(f"{label}: shape {tuple(data.shape)} does not fit "
+                            f"{s['dtype']}[{','.join(str(d) for d in want)}]")
+        out.append(data)
+    return out
 
 
 def cmd_passes(args) -> int:

@@ -5,9 +5,10 @@ import ast
 import importlib
 import importlib.util
 import os
+import re
 import sys
 
-from ..errors import NnxcError, SpecError
+from ..errors import NnxcError, NnxcWarning, SpecError
 
 # -- model and input specs ---------------------------------------------------------
 
@@ -85,43 +86,331 @@ def parse_kwargs(items: list[str]) -> dict:
     return out
 
 
-def build_model(args):
+# -- input data (-i NAME=FILE.npy) ---------------------------------------------------
+
+class InputArg:
+    """One positional model argument from ``-i``: a spec, data from a file, or both."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.spec: str | None = None
+        self.file: str | None = None
+        self.data = None  # a numpy array when given as NAME=FILE
+
+
+def is_data_item(item: str) -> bool:
+    """``x=x.npy`` (data) rather than ``x:f32[B,4]`` (a spec)."""
+    name, sep, _ = item.partition("=")
+    return bool(sep) and name.strip().isidentifier()
+
+
+def input_args(items: list[str]) -> list[InputArg]:
+    """``-i`` items in argument order. ``NAME:SPEC`` / ``SPEC`` declare an argument;
+    ``NAME=FILE.npy`` / ``NAME=FILE.npz[:KEY]`` give its data (and, without a spec, its
+    dtype and shape). A name given both ways is one argument, at its first position."""
+    args: list[InputArg] = []
+    by_name: dict[str, InputArg] = {}
+    for item in items:
+        if is_data_item(item):
+            name, _, path = item.partition("=")
+            name = name.strip()
+            arg = by_name.get(name)
+            if arg is None:
+                arg = by_name[name] = InputArg(name)
+                args.append(arg)
+            if arg.file is not None:
+                raise SpecError(f"input {name!r} has data twice ({arg.file} and {path})")
+            arg.file, arg.data = path, load_array(name, path)
+            continue
+        names, specs = parse_inputs([item])
+        name, spec = names[0], specs[0]
+        arg = by_name.get(name) if name else None
+        if arg is None:
+            arg = InputArg(name)
+            args.append(arg)
+            if name:
+                by_name[name] = arg
+        elif arg.spec is not None:
+            raise SpecError(f"input {name!r} has two specs ({arg.spec} and {spec})")
+        arg.spec = spec
+    return args
+
+
+def load_array(name: str, path: str):
+    """The array ``NAME=FILE.npy`` or ``NAME=FILE.npz[:KEY]`` names (KEY defaults to NAME)."""
+    import numpy as np
+    file, key = path.rsplit(":", 1) if ".npz:" in path else (path, "")
+    if not file:
+        raise SpecError(f"bad input {name}={path}: expected NAME=FILE.npy or NAME=FILE.npz:KEY")
+    if not os.path.isfile(file):
+        raise SpecError(f"input file not found: {file}")
+    try:
+        data = np.load(file, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise SpecError(f"cannot read {file}: {str(e).splitlines()[0]}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            key = key or name
+            if key not in data.files:
+                raise SpecError(f"{file} has no array {key!r} (has: {', '.join(data.files)})")
+            return data[key]
+    if key:
+        raise SpecError(f"{file} is a .npy file: it has no key {key!r}")
+    return data
+
+
+def fit_dtype(label: str, a, want):
+    """``a`` as dtype ``want``: unchanged, converted with a warning when every value is exactly
+    representable (numpy's default float64 / int64 for f32 / i32 inputs), else a SpecError."""
+    import warnings
+
+    import numpy as np
+    want = np.dtype(want)
+    if a.dtype == want:
+        return a
+    kind = lambda d: "f" if d.kind in "fc" or d.name == "bfloat16" else ("i" if d.kind in "iu" else d.kind)  # noqa: E731
+    if kind(a.dtype) != kind(want):
+        raise SpecError(f"{label}: {a.dtype} data for a {want} input; save the array as {want}")
+    b = a.astype(want)
+    back = b.astype(a.dtype)
+    same = np.array_equal(back, a, equal_nan=True) if kind(want) == "f" else np.array_equal(back, a)
+    if not same:
+        differ = back != a
+        if kind(want) == "f":
+            differ &= ~(np.isnan(back) & np.isnan(a))
+        where = tuple(int(i) for i in np.argwhere(differ)[0]) if a.ndim else ()
+        raise SpecError(f"{label}: {a.dtype} value {a[where].item()!r} at index {where} is not exactly "
+                        f"representable as {want}; convert the array yourself "
+                        f"(np.asarray(x, np.{want.name}))")
+    warnings.warn(f"{label}: {a.dtype} data converted to {want} (every value is exactly "
+                  "representable)", NnxcWarning, stacklevel=2)
+    return b
+
+
+# -- building and tracing the model ---------------------------------------------------
+
+def build_model(args, mesh=None):
+    """Call the factory (inside ``mesh`` when given, so ``nnx.with_partitioning`` variables
+    can be created sharded)."""
     factory = load_factory(args.model)
     try:
-        made = factory()
+        with _mesh_context(mesh):
+            made = factory()
     except Exception as e:  # noqa: BLE001 - the user's factory failed
-        raise NnxcError(f"factory {args.model} raised {_short_exc(e)}") from None
+        hint = ""
+        if mesh is None and "mesh" in str(e).lower():
+            hint = " (nnxc compile --mesh AXES calls the factory inside a mesh)"
+        raise NnxcError(f"factory {args.model} raised {_short_exc(e)}{hint}") from None
     return made
 
 
-def trace_model(args, stages):
+def _mesh_context(mesh):
+    import contextlib
+    if mesh is None:
+        return contextlib.nullcontext()
+    import jax
+    return jax.set_mesh(mesh)
+
+
+def parse_mutable(text: str | None):
+    """``--mutable batch_stats,intermediates`` -> a list (``all`` -> True); None if not given."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isidentifier() for p in parts):
+        raise SpecError(f"bad --mutable {text!r}: expected Linen collection names like "
+                        "batch_stats,intermediates (or all)")
+    return True if parts == ["all"] else parts
+
+
+def trace_model(args, stages, mesh=None):
+    """Build the model, trace it on the ``-i`` inputs and return the graph.
+
+    Sets ``args.input_data``: the arrays given as ``-i NAME=FILE`` in graph input order
+    (converted to the inputs' dtypes), or None when no data was given."""
+    import jax
     from flax import nnx
 
     from ..frontend.trace import trace
-    made = build_model(args)
-    names, specs = parse_inputs(args.inputs)
+    inputs = input_args(args.inputs)
     kwargs = parse_kwargs(args.kw)
+    method = getattr(args, "method", None)
+    mutable = parse_mutable(getattr(args, "mutable", None))
+    with_data = [a for a in inputs if a.data is not None]
+    if with_data and len(with_data) != len(inputs):
+        missing = [a.name or a.spec for a in inputs if a.data is None]
+        raise SpecError(f"inputs: give data for every input or none (no data for {', '.join(missing)})")
+    specs = []
+    for a in inputs:
+        if a.spec is not None:
+            specs.append(a.spec)
+        else:  # the data's own shape, in the dtype JAX computes it in (f64 -> f32 without x64)
+            dtype = jax.dtypes.canonicalize_dtype(a.data.dtype)
+            a.data = fit_dtype(f"input {a.name} ({a.file})", a.data, dtype)
+            specs.append(jax.ShapeDtypeStruct(a.data.shape, dtype))
+    made = build_model(args, mesh)
     variables = None
     if isinstance(made, tuple) and len(made) == 2:
         made, variables = made
     if getattr(args, "eval", False) and isinstance(made, nnx.Module):
         made.eval()
-    with stages.stage("trace"):
+    capture = _capture_parts(made)
+    opts = _trace_options(made, capture, variables, method, mutable)
+    with stages.stage("trace"), _mesh_context(mesh):
         try:
-            if variables is not None:
-                graph = trace(made, *specs, variables=variables, **kwargs)
+            if capture is not None:
+                graph = _trace_capture(capture, specs, kwargs, method)
             else:
-                graph = trace(made, *specs, **kwargs)
+                graph = trace(made, *specs, **opts, **kwargs)
         except NnxcError:
             raise
         except Exception as e:  # noqa: BLE001 - the model's own code failed on these inputs
             raise NnxcError(f"tracing {args.model} failed: {_short_exc(e)}") from None
-    for want, v in zip(names, graph.inputs):
-        if want and v.name != want:
-            raise SpecError(f"input {want!r} does not match the model's argument {v.name!r} "
-                            f"(inputs are positional: {', '.join(x.name for x in graph.inputs)})")
+    _bind_names(graph, inputs)
+    args.input_data = _fit_data(graph, inputs) if with_data else None
     _warn_training(graph)
     return graph
+
+
+def _trace_options(made, capture, variables, method, mutable) -> dict:
+    """``method=`` / ``mutable=`` / ``variables=`` for nnxc.trace, checked against the model."""
+    import flax.linen as nn
+    from flax import nnx
+    is_linen = isinstance(made, nn.Module)
+    if mutable is not None and not is_linen:
+        raise SpecError("--mutable names Linen collections; an NNX model or a function updates "
+                        "every Variable its call changes (drop updates with --prune)")
+    if method is not None and capture is None:
+        target = made
+        if not callable(getattr(target, method, None)):
+            public = sorted(n for n in dir(type(target)) if not n.startswith("_")
+                            and callable(getattr(type(target), n, None)))
+            if isinstance(made, nnx.Module):  # leave out nnx.Module's own API
+                public = [n for n in public if not hasattr(nnx.Module, n)]
+            elif is_linen:
+                public = [n for n in public if not hasattr(nn.Module, n)]
+            raise SpecError(f"{type(target).__name__} has no method {method!r}"
+                            + (f" (has: {', '.join(public)})" if public else ""))
+    opts: dict = {}
+    if method is not None:
+        opts["method"] = method
+    if mutable is not None:
+        opts["mutable"] = mutable
+    if variables is not None:
+        opts["variables"] = variables
+    return opts
+
+
+# nnx.capture(model, nnx.Intermediate) returns a closure over the model; it is traced as a
+# function of the model (so the model's state becomes variables) under the same capture
+_CAPTURED = "_nnxc_captured_model"
+
+
+def _capture_parts(made) -> dict | None:
+    """The parts of an ``nnx.capture(...)`` wrapper (flax 0.12): fn, module_instance,
+    var_types, init, method_outputs; None for anything else."""
+    if getattr(made, "__qualname__", "") != "capture.<locals>.wrapper" or \
+            not str(getattr(made, "__module__", "")).startswith("flax."):
+        return None
+    code, cells = getattr(made, "__code__", None), getattr(made, "__closure__", None) or ()
+    parts = {n: c.cell_contents for n, c in zip(getattr(code, "co_freevars", ()), cells)}
+    return parts if {"fn", "module_instance", "var_types"} <= parts.keys() else None
+
+
+def _trace_capture(parts: dict, specs: list, kwargs: dict, method: str | None):
+    import inspect
+
+    from flax import nnx
+
+    from ..frontend.trace import trace
+    module = parts["module_instance"]
+    if module is None:
+        raise SpecError("the factory returned nnx.capture of a function, which takes the model "
+                        "as an argument nnxc cannot pass: return nnx.capture(model, ...) or "
+                        "nnx.capture(model.method, ...)")
+    fn = parts["fn"]
+    if method is None:
+        method = fn.__name__ if inspect.ismethod(fn) else "__call__"
+    target = getattr(type(module), method, None)
+    if not callable(target):
+        raise SpecError(f"{type(module).__name__} has no method {method!r}")
+    var_types, init, outputs = parts["var_types"], parts.get("init"), parts.get("method_outputs")
+
+    def call(model, *args, **kw):
+        return nnx.capture(getattr(model, method), *var_types, init=init,
+                           method_outputs=outputs)(*args, **kw)
+
+    try:  # argument names from the method's signature (the first one is the model)
+        params = list(inspect.signature(target).parameters.values())[1:]
+        call.__signature__ = inspect.Signature(
+            [inspect.Parameter(_CAPTURED, inspect.Parameter.POSITIONAL_ONLY)] + params)
+    except (TypeError, ValueError):
+        pass
+    cls = type(module).__name__
+    graph = trace(call, module, *specs, name=cls, **kwargs)
+    _strip_prefix(graph, _CAPTURED)
+    graph.meta.setdefault("module_types", {})[""] = cls
+    graph.meta["capture"] = [t.__name__ for t in var_types]
+    return graph
+
+
+def _strip_prefix(graph, prefix: str) -> None:
+    """Variables and module paths as tracing the model itself names them (``l1.kernel``)."""
+    def strip(path: str) -> str:
+        if path == prefix:
+            return ""
+        return path[len(prefix) + 1:] if path.startswith(prefix + ".") else path
+    for var in graph.variables:
+        var.path = strip(var.path)
+        if var.value.name:
+            var.value.name = strip(var.value.name)
+    graph.updates = [(strip(p), v) for p, v in graph.updates]
+    for node in graph.walk():
+        node.path = strip(node.path or "")
+    graph.meta["module_types"] = {strip(k): v for k, v in (graph.meta.get("module_types") or {}).items()}
+
+
+_GENERIC = re.compile(r"arg\d+")
+
+
+def _bind_names(graph, inputs: list[InputArg]) -> None:
+    """Inputs bind by position. A name given for an argument the model names generically
+    (``*args`` of ``nnx.Sequential``: ``arg1``) becomes the graph input's name; a name that
+    differs from a real argument name is a mistake."""
+    if len(inputs) != len(graph.inputs):
+        return
+    taken = {v.name for v in graph.inputs}
+    for arg, v in zip(inputs, graph.inputs):
+        want = arg.name
+        if not want or v.name == want:
+            continue
+        if not _GENERIC.fullmatch(v.name or "") or want in taken:
+            raise SpecError(f"input {want!r} does not match the model's argument {v.name!r} "
+                            f"(inputs are positional: {', '.join(x.name for x in graph.inputs)})")
+        taken.discard(v.name)
+        taken.add(want)
+        v.name = want
+
+
+def _fit_data(graph, inputs: list[InputArg]) -> list:
+    """The given arrays in the graph inputs' dtypes, checked against their shapes."""
+    from ..ir.types import DimError, solve_dims, to_dtype
+    out, pairs = [], []
+    for arg, v in zip(inputs, graph.inputs):
+        label = f"input {v.name} ({arg.file})"
+        data = fit_dtype(label, arg.data, to_dtype(v.type.dtype))
+        shape = tuple(data.shape)
+        if len(shape) != v.type.rank or any(isinstance(d, int) and d != n for d, n in zip(v.type.shape, shape)):
+            raise SpecError(f"{label}: shape {shape} does not fit {v.type}")
+        for d, n in zip(v.type.shape, shape):
+            if isinstance(d, str):
+                pairs.append((d, n))
+        try:
+            solve_dims(pairs, strict=False)
+        except DimError as e:
+            raise SpecError(f"{label}: shape {shape} does not fit {v.type} ({e})") from None
+        out.append(data)
+    return out
 
 
 def _warn_training(graph) -> None:

@@ -7,6 +7,14 @@ from contextlib import contextmanager
 
 # -- stage printing ------------------------------------------------------------------
 
+class Stage:
+    """What a stage's line says; the stage may change it while it runs."""
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        self.mark = "✓"  # "–" for a stage that finished without doing its work (deferred)
+
+
 class Stages:
     """Prints each stage as it finishes: ``  trace      ✓  0.41 s``."""
 
@@ -18,13 +26,14 @@ class Stages:
     @contextmanager
     def stage(self, name: str, detail: str = ""):
         t0 = time.perf_counter()
+        state = Stage(detail)
         try:
             with self.progress.task(f"{name} {detail}".rstrip()):
-                yield
+                yield state
         except BaseException:
-            self._line(name, "✗", time.perf_counter() - t0, detail)
+            self._line(name, "✗", time.perf_counter() - t0, state.detail)
             raise
-        self._line(name, "✓", time.perf_counter() - t0, detail)
+        self._line(name, state.mark, time.perf_counter() - t0, state.detail)
 
     def _line(self, name, mark, seconds, detail):
         if not self.quiet:

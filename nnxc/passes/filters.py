@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 
 import numpy as np
 from flax import nnx
 from flax.nnx import filterlib
 
-from ..errors import NnxcError
+from ..errors import NnxcError, NnxcWarning
 from ..ir.graph import Graph, Variable
 
 # Linen collections as NNX Variable types (nnx.bridge uses the same correspondence)
@@ -76,31 +77,76 @@ def matches(graph: Graph, filter) -> list[Variable]:
 _TYPE = re.compile(r"[A-Z][A-Za-z0-9_]*")
 
 
-def parse_filter(text: str):
+def known_types(graph: Graph | None = None) -> list[str]:
+    """Variable type names a filter may use: flax's own, loaded subclasses, the graph's kinds."""
+    names = {sub.__name__ for sub in _subclasses(nnx.Variable)
+             if sub.__module__ != __name__ and not sub.__name__.startswith("_")}
+    if graph is not None:
+        names |= {LINEN_KINDS.get(v.kind, v.kind) for v in graph.variables}
+    return sorted(names)
+
+
+def parse_filter(text: str, graph: Graph | None = None):
     """``BatchStat``, ``*.dropout.*``, ``dropout``, ``tag:default``, ``!Param``, ``a,b`` (any of).
 
     A capitalized word is a Variable type, a word with ``*``, ``?`` or ``.`` a glob over the
     dotted path, ``tag:NAME`` a tag, ``...`` / ``all`` everything, other words a path part.
+
+    A Variable type that no loaded class (nor a variable of ``graph``) has, or a part that
+    selects nothing to negate or no tag, is an ``NnxcError`` naming what exists. With
+    ``graph``, each comma-separated part that selects none of its variables gets an
+    ``NnxcWarning`` (a typo would otherwise freeze or prune nothing, silently).
     """
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
-        raise NnxcError(f"empty filter {text!r}")
-    filters = [_one(p) for p in parts]
+        raise NnxcError(f"empty filter {text!r}: write Variable types, path globs or path parts "
+                        "separated by commas, e.g. BatchStat or *.dropout.*")
+    types = None if graph is None else set(known_types(graph))
+    filters = [_one(p, types) for p in parts]
+    if graph is not None:
+        for part, f in zip(parts, filters):
+            if not matches(graph, f):
+                warnings.warn(f"filter {part!r} selects no variable of {graph.name} "
+                              f"({_inventory(graph)})", NnxcWarning, stacklevel=2)
     return filters[0] if len(filters) == 1 else nnx.Any(*filters)
 
 
-def _one(p: str):
+def _inventory(graph: Graph, limit: int = 6) -> str:
+    kinds = sorted({v.kind for v in graph.variables})
+    paths = [v.path for v in graph.variables]
+    if not paths:
+        return "it has no variables"
+    shown = ", ".join(paths[:limit]) + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
+    return f"its types: {', '.join(kinds)}; its variables: {shown}"
+
+
+def _one(p: str, types: set | None = None):
     if p.startswith("!"):
-        return nnx.Not(_one(p[1:]))
+        if not p[1:].strip():
+            raise NnxcError(f"filter part {p!r} negates nothing: write !NAME, e.g. !Param or !*.bn*")
+        return nnx.Not(_one(p[1:].strip(), types))
     if p in ("...", "all"):
         return ...
     if p.startswith("tag:"):
+        if not p[4:]:
+            raise NnxcError(f"filter part {p!r} names no tag: write tag:NAME")
         return p[4:]  # a str filter is WithTag
     if _TYPE.fullmatch(p):
+        if types is not None and LINEN_KINDS.get(p, p) not in types and not _is_loaded_type(p):
+            raise NnxcError(f"unknown Variable type {p!r}: known types are {', '.join(sorted(types))} "
+                            "(a capitalized word is a type; write a path part in lower case or a "
+                            "glob like *.Name.*)")
         return variable_class(p)
     if any(c in p for c in "*?."):
         return _Glob(p)
     return nnx.PathContains(int(p) if p.isdigit() else p)
+
+
+def _is_loaded_type(name: str) -> bool:
+    cls = getattr(nnx, name, None)
+    if isinstance(cls, type) and issubclass(cls, nnx.Variable):
+        return True
+    return any(sub.__name__ == name and sub.__module__ != __name__ for sub in _subclasses(nnx.Variable))
 
 
 class _Glob:

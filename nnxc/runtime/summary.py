@@ -124,12 +124,32 @@ def module_table(graph: Graph, dims: dict | None = None, depth: int = 1) -> list
     return out
 
 
+def is_rng_state(kind: str) -> bool:
+    """Whether variables of ``kind`` are RNG state (``RngKey``, ``RngCount``, subclasses of
+    ``nnx.RngState``, Linen's ``rngs``): state, but not parameters of the model."""
+    if kind in ("RngKey", "RngCount", "RngState", "rngs"):
+        return True
+    from flax import nnx
+
+    from ..passes.filters import variable_class
+    return issubclass(variable_class(kind), nnx.RngState)
+
+
 def format_module_table(rows: list[dict]) -> str:
+    """The table ``nnxc ir --summary`` prints. Parameters and their bytes leave out RNG state
+    (keys and counters), which a line under the table totals."""
     head = f"{'module':<36} {'params':>10} {'bytes':>10} {'FLOPs':>12} {'nodes':>6}  top ops"
     lines = [head, "-" * len(head)]
     total = {"params": 0, "bytes": 0, "flops": 0, "nodes": 0}
+    rng: dict[str, list] = {}
     for r in rows:
-        p, b = sum(r["params"].values()), sum(r["bytes"].values())
+        p = sum(n for k, n in r["params"].items() if not is_rng_state(k))
+        b = sum(n for k, n in r["bytes"].items() if not is_rng_state(k))
+        for k in r["params"]:
+            if is_rng_state(k):
+                counts = rng.setdefault(k, [0, 0])
+                counts[0] += r["params"][k]
+                counts[1] += r["bytes"].get(k, 0)
         total["params"] += p
         total["bytes"] += b
         total["flops"] += r["flops"]
@@ -140,6 +160,9 @@ def format_module_table(rows: list[dict]) -> str:
     lines.append("-" * len(head))
     lines.append(f"{'total':<36} {total['params']:>10,} {_bytes(total['bytes']):>10} "
                  f"{total['flops']:>12,} {total['nodes']:>6}")
+    if rng:
+        lines.append("not counted: RNG state " + ", ".join(
+            f"{k} {n:,} ({_bytes(b)})" for k, (n, b) in sorted(rng.items())))
     return "\n".join(lines)
 
 
