@@ -162,8 +162,11 @@ def _bind(table: dict, key: str, value, same=lambda a, b: a is b) -> Iterator[No
 def _match(pat: Pat, v: Value, m: Match) -> Iterator[None]:
     """Yield once per way ``pat`` matches ``v`` (bindings in ``m``), restoring ``m`` after."""
     if isinstance(pat, Var):
+        seen = m.values.get(pat.name)
         if not pat.const and v.is_const:
             m.fail(f"a constant where {pat.name} should be")
+        elif seen is not None and seen is not v:
+            m.fail(f"not the same {pat.name} as elsewhere in the pattern ({v.type})")
         else:
             yield from _bind(m.values, pat.name, v)
     elif isinstance(pat, Const):
