@@ -435,3 +435,21 @@ def test_capture_models_trace_directly(tmp_path):
     r = nnxc_cmd("check", f"{sow}:captured", "-i", "x:f32[B,16]", "-q")
     assert r.returncode == 0, r.stderr
     assert {row[0] for row in _rows(r.stdout)} == {"output.0", "output.1.hidden.value.0"}
+
+
+def test_data_conversion_keeps_nan_and_inf_and_refuses_overflow():
+    import warnings
+
+    from nnxc.cli.models import fit_dtype
+    from nnxc.errors import NnxcWarning, SpecError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = fit_dtype("x", np.array([np.nan, -np.inf, 0.5, -0.0]), np.float32)
+        ints = fit_dtype("t", np.array([[1, -2], [3, 2**31 - 1]]), np.int32)
+    assert got.dtype == np.float32 and np.array_equal(got, [np.nan, -np.inf, 0.5, -0.0], equal_nan=True)
+    assert np.signbit(got[3]) and ints.dtype == np.int32 and ints[1, 1] == 2**31 - 1
+    assert [w.category for w in caught] == [NnxcWarning, NnxcWarning]  # no numpy RuntimeWarning
+    with pytest.raises(SpecError, match=r"float64 value 1e\+300 at index \(1,\) is not exactly representable"):
+        fit_dtype("x", np.array([np.nan, 1e300]), np.float32)
+    with pytest.raises(SpecError, match=r"int64 value 2147483648 at index \(0, 1\)"):
+        fit_dtype("t", np.array([[0, 2**31]]), np.int32)

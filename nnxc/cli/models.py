@@ -171,8 +171,10 @@ def fit_dtype(label: str, a, want):
     kind = lambda d: "f" if d.kind in "fc" or d.name == "bfloat16" else ("i" if d.kind in "iu" else d.kind)  # noqa: E731
     if kind(a.dtype) != kind(want):
         raise SpecError(f"{label}: {a.dtype} data for a {want} input; save the array as {want}")
-    b = a.astype(want)
-    back = b.astype(a.dtype)
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # overflow is checked below
+        warnings.simplefilter("ignore")
+        b = a.astype(want)
+        back = b.astype(a.dtype)
     same = np.array_equal(back, a, equal_nan=True) if kind(want) == "f" else np.array_equal(back, a)
     if not same:
         differ = back != a
