@@ -1,7 +1,7 @@
 """nnxc: a compiler toolchain for Flax models (trace -> IR -> passes -> XLA / ONNX)."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import ir
 from .backends.onnx import export_onnx

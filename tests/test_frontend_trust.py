@@ -129,7 +129,7 @@ def test_check_names_the_first_pass_that_changes_the_bits():
 def test_omitted_param_table_covers_what_tracing_omits():
     """Every None param the frontend leaves out of the IR is in the explicit table, so a graph
     parsed from text in a fresh process binds every primitive with all its params."""
-    from nnxc.frontend import _jax_compat as jc
+    from nnxc import _jax as jc
     from flax import nnx as fnnx
 
     def f(x, m):

@@ -10,7 +10,7 @@ from flax import nnx
 
 import nnxc
 import zoo
-from nnxc.runtime.summary import module_table
+from nnxc.ir.summary import module_table
 
 
 def _train_step(model, optimizer, x, y):

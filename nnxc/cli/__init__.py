@@ -193,7 +193,7 @@ def _pass_args(p: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
     return __version__
 
 

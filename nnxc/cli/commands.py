@@ -37,7 +37,7 @@ def cmd_ir(args) -> int:
     else:
         graph = optimize_graph(args, graph, stages, dump_dir=args.dump_after_each)
     if args.summary:
-        from ..runtime.summary import format_module_table, module_table
+        from ..ir.summary import format_module_table, module_table
         print(format_module_table(module_table(graph, depth=args.depth)))
         return 0
     with stages.stage("render", fmt):
@@ -170,7 +170,7 @@ def cmd_compile(args) -> int:
     from .._files import atomic_write
     from ..backends.xla.compile import compile as xla_compile
     from ..runtime.artifact import save
-    from ..runtime.summary import format_module_table, module_table
+    from ..ir.summary import format_module_table, module_table
     platforms = tuple(p.strip() for p in args.platform.split(",") if p.strip())
     mesh = _mesh(args.mesh) if args.mesh else None
     dims = _dims(args.dims, "--dims")
@@ -314,7 +314,7 @@ def _dims(text: str, option: str = "--dims") -> dict:
 
 
 def _resolve(shape, dims: dict) -> tuple:
-    from ..frontend._jax_compat import eval_dim
+    from ..ir.params import eval_dim
     return tuple(d if isinstance(d, int) else int(eval_dim(d, {**dims})) for d in shape)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir.graph import Graph, Node, Region, Value
 from ..ir.types import TensorType
-from . import _jax_compat as jc
+from .. import _jax as jc
+from ..ir.params import UnsupportedParam, encode_param
 
 # call-like primitives whose body is inlined (the primal computation is kept), and the
 # param that holds the body
@@ -115,8 +116,8 @@ class Converter:
                 jc.note_omitted(name, k)
                 continue
             try:
-                attrs[k] = jc.encode_param(v)
-            except jc.UnsupportedParam as e:
+                attrs[k] = encode_param(v)
+            except UnsupportedParam as e:
                 bad.append(f"param {k!r}: {e}")
         if bad:
             self.unsupported.append((name, path, loc, "; ".join(bad)))

@@ -19,7 +19,8 @@ from .._gc import gc_paused
 from ..errors import NnxcError
 from ..ir.graph import Graph, Value, Variable
 from ..ir.types import TensorType
-from . import _jax_compat as jc
+from .. import _jax as jc
+from ..ir.params import UnsupportedParam, encode_param
 from .jaxpr import jaxpr_to_graph
 from .specs import abstract_args, concrete_shape
 
@@ -193,8 +194,8 @@ def _variable_meta(var) -> dict:
         if k in _NOISE_META or k.startswith("_") or v is None:
             continue
         try:
-            meta[k] = jc.encode_param(v)
-        except jc.UnsupportedParam:
+            meta[k] = encode_param(v)
+        except UnsupportedParam:
             continue
     return meta
 

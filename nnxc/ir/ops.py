@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .._registry import registrar
-from ..frontend import _jax_compat as jc
+from .. import _jax as jc
 from .graph import Node
 from .types import DimOps, TensorType, dim_text, parse_dim, to_dtype
 
@@ -28,7 +28,7 @@ class JaxDimOps(DimOps):
     """Evaluate dims to JAX dims: ints where the symbols are ints, else symbolic dims.
 
     A symbol missing from ``env`` becomes a new JAX symbolic dim, in the scope kept under
-    ``env["__scope__"]`` (the convention ``_jax_compat.eval_dim`` follows too), and is
+    ``env["__scope__"]`` (the convention ``nnxc.ir.params.eval_dim`` follows too), and is
     remembered in ``env``.
     """
 
@@ -77,7 +77,8 @@ def infer(node: Node, in_types: list, env: dict) -> list:
     prim = jc.primitive(node.op)
     if prim is None:
         raise ShapeError(f"unknown op {node.op!r} (no JAX primitive and no shape rule)")
-    params = {k: jc.decode_param(v, env) for k, v in node.attrs.items()}
+    from .params import decode_param
+    params = {k: decode_param(v, env) for k, v in node.attrs.items()}
     try:
         outs = jc.abstract_eval(prim, [aval(t, env) for t in in_types], params)
     except Exception as e:  # noqa: BLE001 - JAX raises many types for bad shapes

@@ -21,30 +21,8 @@ from flax.nnx import filterlib
 from ..errors import NnxcError, NnxcWarning
 from ..ir.graph import Graph, Variable
 
-# Linen collections as NNX Variable types (nnx.bridge uses the same correspondence)
-LINEN_KINDS = {"params": "Param", "batch_stats": "BatchStat", "intermediates": "Intermediate",
-               "cache": "Cache", "rngs": "RngKey"}
-_STAND_INS: dict[str, type] = {}
-
-
-def _subclasses(cls: type):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _subclasses(sub)
-
-
-def variable_class(kind: str) -> type:
-    """The nnx.Variable class named ``kind`` (flax's own, then user subclasses by name)."""
-    name = LINEN_KINDS.get(kind, kind)
-    cls = getattr(nnx, name, None)
-    if isinstance(cls, type) and issubclass(cls, nnx.Variable):
-        return cls
-    for sub in _subclasses(nnx.Variable):
-        if sub.__name__ == name and sub.__module__ != __name__:
-            return sub
-    if name not in _STAND_INS:  # a kind no loaded class has (e.g. a graph parsed from text)
-        _STAND_INS[name] = type(name, (nnx.Variable,), {"__module__": __name__})
-    return _STAND_INS[name]
+from ..ir import kinds as _kinds  # stand-in Variable classes for unknown kinds live there
+from ..ir.kinds import LINEN_KINDS, _subclasses, variable_class  # noqa: F401 - re-exported
 
 
 def path_parts(path: str) -> tuple:
@@ -80,7 +58,7 @@ _TYPE = re.compile(r"[A-Z][A-Za-z0-9_]*")
 def known_types(graph: Graph | None = None) -> list[str]:
     """Variable type names a filter may use: flax's own, loaded subclasses, the graph's kinds."""
     names = {sub.__name__ for sub in _subclasses(nnx.Variable)
-             if sub.__module__ != __name__ and not sub.__name__.startswith("_")}
+             if sub.__module__ != _kinds.__name__ and not sub.__name__.startswith("_")}
     if graph is not None:
         names |= {LINEN_KINDS.get(v.kind, v.kind) for v in graph.variables}
     return sorted(names)
@@ -146,7 +124,8 @@ def _is_loaded_type(name: str) -> bool:
     cls = getattr(nnx, name, None)
     if isinstance(cls, type) and issubclass(cls, nnx.Variable):
         return True
-    return any(sub.__name__ == name and sub.__module__ != __name__ for sub in _subclasses(nnx.Variable))
+    return any(sub.__name__ == name and sub.__module__ != _kinds.__name__
+               for sub in _subclasses(nnx.Variable))
 
 
 class _Glob:

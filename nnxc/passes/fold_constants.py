@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..frontend import _jax_compat as jc
+from .. import _jax as jc
+from ..ir.params import decode_param
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import to_dtype
 from .rewrite import Rebuild, const_data, fired, origin_name, use_counts
@@ -130,7 +131,7 @@ def _round_trips(a, r) -> bool:
 
 def evaluate(node: Node, arrays: list) -> list:
     """The node's results on constant inputs."""
-    attrs = {k: jc.decode_param(v, {}) for k, v in node.attrs.items()}
+    attrs = {k: decode_param(v, {}) for k, v in node.attrs.items()}
     fast = _NUMPY.get(node.op)
     if fast is not None:
         out = fast(arrays, attrs, node)

@@ -37,10 +37,11 @@ def _float(t: TensorType, what: str) -> None:
 
 @shape_rule("nnxc.linear")
 def _linear(node, ins, env):
-    from ..frontend import _jax_compat as jc
+    from .. import _jax as jc
+    from ..ir.params import decode_param
     if len(ins) != 3:
         raise ShapeError(f"nnxc.linear takes (x, w, bias), got {len(ins)} operands")
-    params = {k: jc.decode_param(v, env) for k, v in node.attrs.items()}
+    params = {k: decode_param(v, env) for k, v in node.attrs.items()}
     out = from_aval(jc.abstract_eval(jc.primitive("dot_general"), [aval(ins[0], env), aval(ins[1], env)],
                                      params)[0])
     b = ins[2]

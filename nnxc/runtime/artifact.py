@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import NnxcError
 from ..ir.graph import Graph
 from ..backends.xla.lower import updated_paths
@@ -419,7 +419,7 @@ class Artifact:
 
 def _eval_dim(expr: str, env: dict) -> int | None:
     """A dim expression's value when all its symbols are bound, else None."""
-    from ..frontend._jax_compat import eval_dim
+    from ..ir.params import eval_dim
     if any(n not in env for n in re.findall(r"[A-Za-z_]\w*", expr)
            if n not in ("floordiv", "mod", "max", "min", "non_negative")):
         return None

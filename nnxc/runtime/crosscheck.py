@@ -54,7 +54,7 @@ def _host(x) -> np.ndarray:
 
 def random_inputs(graph: Graph, size: int, seed: int = 0) -> list:
     """Random flat inputs, every symbolic dim at ``size``; PRNG key inputs get real keys."""
-    from ..frontend._jax_compat import eval_dim
+    from ..ir.params import eval_dim
     rng = np.random.default_rng(seed)
     env = {s: size for s in symbols(graph)}
     return [random_array(rng, tuple(d if isinstance(d, int) else int(eval_dim(d, dict(env)))

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ... import __version__
+from ..._version import __version__
 from ...errors import NnxcWarning, NnxcError, UnsupportedOpError
 from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .lower import attrs_of, rule
+from .rules import attrs_of, rule
 
 
 @rule("nnxc.linear")

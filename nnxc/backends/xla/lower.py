@@ -14,29 +14,18 @@ import jax
 import numpy as np
 from jax import lax
 
-from ..._registry import registrar
 from ...errors import NnxcError, UnsupportedOpError
-from ...frontend import _jax_compat as jc
+from ... import _jax as jc
+from ...ir.params import decode_param
 from ...ir.graph import Elided, Graph, Node, Region, Value
 from ...ir.ops import jax_dim
 from ...ir.parser import ElidedConstantError
 from ...ir.types import DimError, is_plain_symbol, solve_dims, to_dtype
-
-Rule = Callable[[Node, list, dict], list]
-
+from . import fused  # noqa: F401 - registers the nnxc.* lowerings
+from .rules import XLA_RULES, attrs_of, rule
 
 class DimMismatchError(NnxcError, ValueError):
     """Arguments whose shapes fit no values of the graph's dim symbols."""
-
-
-XLA_RULES: dict[str, Rule] = {}
-
-
-rule = registrar(XLA_RULES)
-
-
-def attrs_of(node: Node, dims: dict) -> dict:
-    return {k: jc.decode_param(v, dims) for k, v in node.attrs.items()}
 
 
 def default_rule(node: Node, args: list, dims: dict) -> list:
@@ -174,8 +163,6 @@ def _scatter(node, args, dims):
 
 @rule("dim_as_value")
 def _dim_as_value(node, args, dims):
-    dim = jc.decode_param(node.attrs["dim"], dims)
+    dim = decode_param(node.attrs["dim"], dims)
     return [jax.numpy.asarray(jc.dimension_as_value(dim), dtype=to_dtype(node.outputs[0].type.dtype))]
 
-
-from . import fused  # noqa: E402,F401 - registers the nnxc.* lowerings

@@ -3,7 +3,7 @@
 The page holds the graph as JSON (items, edges and per-box layers from ``model.py``), the
 class of each module box (``graph.meta["module_types"]``, when the frontend recorded it), the
 details of every node and variable (attributes, types, source lines, weight statistics),
-the module table of ``runtime.summary``, and inline CSS/JS (``page.css``, ``page.js``,
+the module table of ``ir.summary``, and inline CSS/JS (``page.css``, ``page.js``,
 ``panel.js``) that draw the visible boxes as SVG.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _itemsize(dtype: str) -> int:
 
 def page_data(graph: Graph, dims: dict | None = None) -> dict:
     """Everything the page shows, as JSON-ready lists (see page.js for the field names)."""
-    from ...runtime.summary import module_table, node_flops
+    from ..summary import module_table, node_flops
     dims = default_dims(graph, dims)
     m = PageModel(graph)
     names = value_names(graph)
@@ -164,7 +164,7 @@ def _module_rows(graph: Graph, module_table, dims: dict) -> list:
 
 
 def _facts(data: dict, graph: Graph) -> str:
-    from ...runtime.summary import _bytes
+    from ..summary import _bytes
     total_bytes = sum(v[4] or 0 for v in data["V"])
     ins = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
     outs = ", ".join(str(v.type) for v in graph.outputs)

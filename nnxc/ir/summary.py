@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ..ir.graph import Graph, Node
-from ..ir.types import TensorType, to_dtype
+from .graph import Graph, Node
+from .types import TensorType, to_dtype
 
 _ELEMENTWISE = frozenset("""
 add sub mul div rem max min neg abs sign exp exp2 log log1p expm1 tanh logistic sqrt rsqrt cbrt
@@ -20,7 +20,7 @@ _REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod argmax arg
 
 
 def _size(t: TensorType, dims: dict) -> int:
-    from ..frontend._jax_compat import eval_dim
+    from .params import eval_dim
     n = 1
     for d in t.shape:
         n *= d if isinstance(d, int) else int(eval_dim(d, dict(dims)))
@@ -28,7 +28,7 @@ def _size(t: TensorType, dims: dict) -> int:
 
 
 def _dim(t: TensorType, i: int, dims: dict) -> int:
-    from ..frontend._jax_compat import eval_dim
+    from .params import eval_dim
     d = t.shape[i]
     return d if isinstance(d, int) else int(eval_dim(d, dict(dims)))
 
@@ -131,7 +131,7 @@ def is_rng_state(kind: str) -> bool:
         return True
     from flax import nnx
 
-    from ..passes.filters import variable_class
+    from .kinds import variable_class
     return issubclass(variable_class(kind), nnx.RngState)
 
 

@@ -1,7 +1,8 @@
 """The one place that imports JAX internals; they change between releases.
 
 - ``primitive(name)``: the JAX Primitive with that name.
-- ``encode_param`` / ``decode_param``: JAX params <-> printable IR attributes.
+- ``record_types`` / ``enum_types`` / ``prng_impl``: JAX's param types (``nnxc.ir.params``
+  turns params into printable IR attributes and back with them).
 - ``user_frame`` / ``scope_path``: provenance of a jaxpr equation.
 - ``bind``: bind a primitive with decoded attributes.
 """
@@ -18,8 +19,6 @@ import jax
 import numpy as np
 from jax._src import core
 
-from ..ir.attrs import DType, EnumVal, Record, SymDim
-from ..ir.types import dtype_name, to_dtype
 
 Jaxpr = core.Jaxpr
 ClosedJaxpr = core.ClosedJaxpr
@@ -66,13 +65,10 @@ def register_primitive(p: Primitive) -> None:
     _primitives().setdefault(p.name, p)
 
 
-# -- params <-> attributes -------------------------------------------------------
+# -- JAX's param types (private modules) -------------------------------------------
 
-class UnsupportedParam(TypeError):
-    pass
-
-
-def _record_types() -> dict[str, type]:
+def record_types() -> dict[str, type]:
+    """JAX's NamedTuple param types by name (dimension numbers of conv, gather, scatter)."""
     from jax._src.lax import convolution, slicing
     return {
         "ConvDimensionNumbers": convolution.ConvDimensionNumbers,
@@ -82,7 +78,8 @@ def _record_types() -> dict[str, type]:
 
 
 @functools.cache
-def _enum_types() -> dict[str, type]:
+def enum_types() -> dict[str, type]:
+    """JAX's enum param types by name."""
     from jax._src.lax import lax, slicing
     out = {c.__name__: c for c in (slicing.GatherScatterMode, lax.Precision, lax.RoundingMethod,
                                    lax.DotAlgorithmPreset, lax.RandomAlgorithm)}
@@ -93,80 +90,15 @@ def _enum_types() -> dict[str, type]:
     return out
 
 
-def _is_dim_expr(v) -> bool:
+def prng_impl(name: str):
+    """A PRNG implementation by name (threefry2x32, rbg, ...)."""
+    from jax._src.random import prng
+    return prng.prngs[name]
+
+
+def is_dim_expr(v) -> bool:
+    """Whether ``v`` is a JAX symbolic dimension expression."""
     return type(v).__name__ == "_DimExpr"
-
-
-def encode_param(v: Any) -> Any:
-    """A JAX param as a printable IR attribute; raises UnsupportedParam otherwise."""
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    if isinstance(v, enum.Enum):
-        return EnumVal(type(v).__name__, v.name)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v)
-    if _is_dim_expr(v):
-        return SymDim(str(v).replace(" ", ""))
-    if isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic)):
-        return DType(dtype_name(v))
-    if type(v).__name__ == "PRNGImpl":  # a NamedTuple of functions: keep its name only
-        return Record("PRNGImpl", (("name", v.name),))
-    if hasattr(v, "_fields") and isinstance(v, tuple):
-        return Record(type(v).__name__, tuple((f, encode_param(getattr(v, f))) for f in v._fields))
-    if isinstance(v, (tuple, list)):
-        return tuple(encode_param(x) for x in v)
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return Record(type(v).__name__, tuple((f.name, encode_param(getattr(v, f.name)))
-                                              for f in dataclasses.fields(v)))
-    if str(v).startswith("key<"):  # a PRNG key dtype
-        return DType(str(v))
-    raise UnsupportedParam(f"parameter of type {type(v).__name__} ({v!r:.60})")
-
-
-def decode_param(v: Any, dims: dict | None = None) -> Any:
-    """An IR attribute back to the JAX param; symbolic dims are evaluated in ``dims``."""
-    if isinstance(v, DType):
-        return to_dtype(v.name)
-    if isinstance(v, SymDim):
-        return eval_dim(v.expr, {} if dims is None else dims)  # not `or`: an empty env is shared
-    if isinstance(v, EnumVal):
-        cls = _enum_types().get(v.cls)
-        if cls is None:
-            raise UnsupportedParam(f"unknown enum {v.cls}")
-        return cls[v.member]
-    if isinstance(v, Record):
-        if v.cls == "PRNGImpl":
-            from jax._src.random import prng
-            return prng.prngs[v.get("name")]
-        cls = _record_types().get(v.cls)
-        if cls is None:
-            raise UnsupportedParam(f"unknown record type {v.cls}")
-        return cls(**{k: decode_param(x, dims) for k, x in v.fields})
-    if isinstance(v, tuple):
-        return tuple(decode_param(x, dims) for x in v)
-    return v
-
-
-# -- symbolic dims ---------------------------------------------------------------
-
-def eval_dim(expr: str, env: dict) -> Any:
-    """Evaluate a dim expression (``2*B+1``, ``floordiv(B,2)``) with symbols from ``env``.
-
-    The one dimension-expression parser (``nnxc.ir.types.parse_dim``) does the parsing; unknown
-    symbols evaluate to JAX symbolic dims, so the result can stay symbolic.
-    """
-    from ..ir.ops import JAX_DIM_OPS
-    from ..ir.types import parse_dim
-    try:
-        return parse_dim(expr).evaluate(env, JAX_DIM_OPS)
-    except ValueError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a malformed expression from IR text
-        raise ValueError(f"bad dim expression {expr!r}: {e}") from None
 
 
 # -- binding ---------------------------------------------------------------------
@@ -244,7 +176,7 @@ _LIB_DIRS = tuple(
         jax.__file__.rsplit("/", 1)[0] + "/",
         importlib.import_module("flax").__file__.rsplit("/", 1)[0] + "/",
         np.__file__.rsplit("/", 1)[0] + "/",
-        __file__.rsplit("/", 2)[0] + "/",  # nnxc itself
+        __file__.rsplit("/", 1)[0] + "/",  # nnxc itself (this file is nnxc/_jax.py)
     )
 )
 _SKIP = re.compile(r"(site-packages/(optax|chex|ml_dtypes|jaxlib|einops)/)|^<frozen|^<string>")
