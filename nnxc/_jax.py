@@ -123,41 +123,12 @@ OMITTED_BY_PRIMITIVE: dict[str, tuple[str, ...]] = {
 }
 _implicit: dict[str, dict[str, Any]] = {
     name: dict.fromkeys(params) for name, params in OMITTED_BY_PRIMITIVE.items()}
-_MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)")
-
-# params left out of the IR when None (printing them would only add noise)
-OMITTED_NONE = frozenset({"sharding", "out_sharding", "accuracy", "out_dtype", "dimensions",
-                          "precision", "preferred_element_type"})
-
-
-def note_omitted(prim_name: str, key: str) -> None:
-    """The frontend left param ``key`` (None) out of a node of ``prim_name``."""
-    _implicit.setdefault(prim_name, {})[key] = None
-
-
-def _omitted_from(err: Exception) -> list[str]:
-    """Names of left-out params that a JAX rule asked for, judging by its error."""
-    if isinstance(err, KeyError):
-        names = [str(a) for a in err.args]
-    else:
-        m = _MISSING.search(str(err))
-        names = re.findall(r"'(\w+)'", m.group(1)) if m else []
-    return names if names and set(names) <= OMITTED_NONE else []
 
 
 def _with_omitted(prim: Primitive, params: dict, call):
+    """``call(params)`` with the params the IR leaves out (``OMITTED_BY_PRIMITIVE``) as None."""
     extra = _implicit.get(prim.name)
-    for _ in range(len(OMITTED_NONE) + 1):
-        try:
-            return call({**extra, **params} if extra else params)
-        except (TypeError, KeyError) as e:
-            names = _omitted_from(e)
-            if not names or (extra and set(names) <= set(extra)):
-                raise
-            for n in names:
-                note_omitted(prim.name, n)
-            extra = _implicit[prim.name]
-    raise AssertionError("unreachable")
+    return call({**extra, **params} if extra else params)
 
 
 def bind(prim: Primitive, args, params: dict) -> list:

@@ -112,9 +112,8 @@ class Converter:
         for k, v in eqn.params.items():
             if k in dropped:
                 continue
-            if v is None and k in jc.OMITTED_NONE:
-                jc.note_omitted(name, k)
-                continue
+            if v is None and k in jc.OMITTED_BY_PRIMITIVE.get(name, ()):
+                continue  # printed only when set; binding restores it from the table
             try:
                 attrs[k] = encode_param(v)
             except UnsupportedParam as e:
