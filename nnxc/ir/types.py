@@ -674,3 +674,8 @@ def _canonical_shape(shape) -> tuple:
                 d = str(d)
         out.append(d)
     return tuple(out)
+
+
+def is_float(dtype: str) -> bool:
+    """Whether an IR dtype is a real floating-point type (f16, bf16, f32, f64, float8)."""
+    return (dtype[0] == "f" and dtype != "float0") or dtype == "bf16"

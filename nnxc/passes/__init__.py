@@ -5,7 +5,6 @@ a new graph otherwise. Presets are lists of names. ``nnxc.optimize`` runs them.
 """
 from __future__ import annotations
 
-from . import fused_ops  # noqa: F401 - registers the nnxc.* shape rules
 from .cleanup import cleanup, cleanup_all
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code, eliminate_dead_variables

@@ -3,12 +3,8 @@ looking through layout ops (reshapes / broadcasts that only insert size-1 dims).
 from __future__ import annotations
 
 from ..ir.graph import Node, Value
+from ..ir.types import is_float  # noqa: F401 - the rules' float check
 from .pattern import Match, Pat, PatternBuilder
-
-
-def is_float(dtype: str) -> bool:
-    """Whether an IR dtype is a real floating-point type (f16, bf16, f32, f64, float8)."""
-    return (dtype[0] == "f" and dtype != "float0") or dtype == "bf16"
 
 
 def not_float(v: Value) -> str | None:

@@ -1,4 +1,4 @@
-"""ONNX rules for the ``nnxc.*`` ops the fusion passes introduce (see passes/fused_ops.py).
+"""ONNX rules for the ``nnxc.*`` ops the fusion passes introduce (defined in ir/fused_ops.py).
 
 Native ops where the opset has them (LayerNormalization 17, Gelu 20, RMSNormalization and
 Attention 23, Softmax 13), the same math in basic ops below that.

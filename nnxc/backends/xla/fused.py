@@ -1,4 +1,4 @@
-"""XLA lowerings of the ``nnxc.*`` ops that fusion passes introduce (see passes/fused_ops.py).
+"""XLA lowerings of the ``nnxc.*`` ops that fusion passes introduce (defined in ir/fused_ops.py).
 
 Each is written with the same JAX calls Flax and jax.nn use, so a fused graph computes what
 the model computed (bit-exact for the forms Flax produces).

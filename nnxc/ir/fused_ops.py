@@ -21,9 +21,8 @@ Each has an XLA lowering in ``backends/xla/fused.py`` (and an ONNX one in ``back
 """
 from __future__ import annotations
 
-from ..ir.ops import ShapeError, aval, from_aval, shape_rule
-from ..ir.types import TensorType
-from .idioms import is_float
+from .ops import ShapeError, aval, from_aval, shape_rule
+from .types import TensorType, is_float
 
 
 def _same_dims(a, b) -> bool:
@@ -38,7 +37,7 @@ def _float(t: TensorType, what: str) -> None:
 @shape_rule("nnxc.linear")
 def _linear(node, ins, env):
     from .. import _jax as jc
-    from ..ir.params import decode_param
+    from .params import decode_param
     if len(ins) != 3:
         raise ShapeError(f"nnxc.linear takes (x, w, bias), got {len(ins)} operands")
     params = {k: decode_param(v, env) for k, v in node.attrs.items()}
