@@ -148,7 +148,8 @@ def output_names(graph: Graph) -> list[str]:
 
 
 def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data=None,
-                weights_as_inputs: bool = False, *, check: bool = True) -> onnx.ModelProto:
+                weights_as_inputs: bool = False, *, check: bool = True,
+                value_names: dict | None = None) -> onnx.ModelProto:
     """Lower ``graph`` to ONNX; write it to ``path`` if given (atomically) and return the model.
 
     ``opset``: default the newest one the installed onnxruntime runs. ``external_data``:
@@ -156,6 +157,8 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     always does; a file name picks that name; False never does. ``check`` runs
     ``onnx.checker.check_model(full_check=True)`` (strict shape inference included) on the
     graph with its weights declared as typed inputs, before the weights are added.
+    ``value_names``: a dict to fill with the ONNX name of each top-level IR value (before
+    graph outputs are renamed; ``nnxc.runtime.permodule`` reads intermediates by them).
     """
     requested = opset is not None
     opset = resolve_opset(opset)
@@ -183,6 +186,8 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
                                 "export with weights_as_inputs=True")
             weights.append((name, var.data))
     b.emit(graph.nodes)
+    if value_names is not None:
+        value_names.update(b.env)
     if ctx.failures:
         raise UnsupportedOpError(ctx.failures, stage=f"ONNX export (opset {opset})")
     ctx.path = ""
