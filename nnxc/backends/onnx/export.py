@@ -31,7 +31,7 @@ from ..._version import __version__
 from ...errors import NnxcWarning, NnxcError, UnsupportedOpError
 from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol
-from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape, special  # noqa: F401 - rules
+from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, value_info
 from .save import INLINE_BELOW, build_initializers, write_model
 
