@@ -92,6 +92,8 @@ class Context:
         self.node_meta = None
         self._meta_cache: dict = {}
         self.failures: list[tuple] = []  # (op, module path, source loc, reason)
+        self.needs_opset: int | None = None  # the newest opset a refusal asked for
+        self.refused_outright = False  # a refusal no opset would lift
         self.pre = Builder(self)  # the prelude: symbolic dims, at the start of the main graph
 
     def reserve(self, name: str) -> str:
@@ -231,6 +233,10 @@ class Builder:
                     outs = fn(self, node, [self.value(v) for v in node.inputs])
                 except Refused as e:
                     ctx.failures.append((node.op, node.path, node.loc, str(e)))
+                    if e.opset is not None:
+                        ctx.needs_opset = max(ctx.needs_opset or 0, e.opset)
+                    else:
+                        ctx.refused_outright = True
                 except Exception as e:  # noqa: BLE001 - a rule's bug: name the node, never a raw error
                     ctx.failures.append((node.op, node.path, node.loc,
                                          f"internal error in its ONNX rule ({type(e).__name__}: {e}); "

@@ -103,9 +103,13 @@ def model_metadata(graph: Graph, opset: int, requested) -> dict:
     if graph.meta.get("frontend"):
         out["nnxc.frontend"] = str(graph.meta["frontend"])
     out["nnxc.opset"] = str(opset)
-    out["nnxc.opset_choice"] = (
-        f"requested (nnxc exports {MIN_OPSET}..{max_opset()})" if requested else
-        f"default: the newest at which onnxruntime {ort.__version__} runs every fused op natively")
+    default = f"default: the newest at which onnxruntime {ort.__version__} runs every fused op natively"
+    if isinstance(requested, str) and requested.startswith("raised"):
+        out["nnxc.opset_choice"] = f"{default}, {requested}"
+    elif requested is True:
+        out["nnxc.opset_choice"] = f"requested (nnxc exports {MIN_OPSET}..{max_opset()})"
+    else:
+        out["nnxc.opset_choice"] = default
     return out
 
 
@@ -147,12 +151,19 @@ def output_names(graph: Graph) -> list[str]:
     return names
 
 
+class _NeedsOpset(Exception):
+    def __init__(self, opset: int, ops: list):
+        self.opset, self.ops = opset, ", ".join(ops)
+
+
 def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data=None,
                 weights_as_inputs: bool = False, *, check: bool = True,
-                value_names: dict | None = None) -> onnx.ModelProto:
+                value_names: dict | None = None, _chosen: str | None = None) -> onnx.ModelProto:
     """Lower ``graph`` to ONNX; write it to ``path`` if given (atomically) and return the model.
 
-    ``opset``: default the newest one the installed onnxruntime runs. ``external_data``:
+    ``opset``: default the newest at which every fused op runs natively in the installed
+    onnxruntime (see native.py), raised to the opset an op needs (BitCast: 26) when the
+    graph has one. ``external_data``:
     None writes weights to ``<model>.data`` beside the model only when they pass 2 GB; True
     always does; a file name picks that name; False never does. ``check`` runs
     ``onnx.checker.check_model(full_check=True)`` (strict shape inference included) on the
@@ -161,6 +172,13 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     graph outputs are renamed; ``nnxc.runtime.permodule`` reads intermediates by them).
     """
     requested = opset is not None
+    if not requested:  # the fused-op default, raised when an op needs a newer opset
+        try:
+            return export_onnx(graph, path, resolve_opset(None), external_data, weights_as_inputs,
+                               check=check, value_names=value_names, _chosen="default")
+        except _NeedsOpset as e:
+            return export_onnx(graph, path, e.opset, external_data, weights_as_inputs, check=check,
+                               value_names=value_names, _chosen=f"raised to {e.opset} for {e.ops}")
     opset = resolve_opset(opset)
     if external_data and path is None:
         raise NnxcError("external_data needs a path to write the data file beside")
@@ -189,6 +207,9 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     if value_names is not None:
         value_names.update(b.env)
     if ctx.failures:
+        if _chosen == "default" and ctx.needs_opset and not ctx.refused_outright \
+                and ctx.needs_opset <= max_opset():
+            raise _NeedsOpset(ctx.needs_opset, sorted({f[0] for f in ctx.failures}))
         raise UnsupportedOpError(ctx.failures, stage=f"ONNX export (opset {opset})")
     ctx.path = ""
     outs = list(zip(output_names(graph), graph.outputs))
@@ -209,7 +230,7 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
                               producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets[:1]),
                               functions=list(ctx.functions.values()))
-    helper.set_model_props(model, model_metadata(graph, opset, requested))
+    helper.set_model_props(model, model_metadata(graph, opset, _chosen or requested))
     weights = [(n, x) for n, x in weights if n in live]
     consts = [(n, x) for n, x in ctx.initializers if n in live]
     fit_kernels(model, weights + consts, opset)

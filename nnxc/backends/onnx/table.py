@@ -16,7 +16,13 @@ ONNX_RULES: dict[str, Rule] = {}
 
 
 class Refused(Exception):
-    """A rule cannot lower this node (the message says why and how to avoid it)."""
+    """A rule cannot lower this node (the message says why and how to avoid it).
+
+    ``opset``: set when a newer opset would lower it (the default opset is raised to it)."""
+
+    def __init__(self, message: str, opset: int | None = None):
+        super().__init__(message)
+        self.opset = opset
 
 
 rule = registrar(ONNX_RULES)
@@ -25,4 +31,4 @@ rule = registrar(ONNX_RULES)
 def need(b, opset: int, what: str) -> None:
     """Refuse unless the export opset is at least ``opset``."""
     if b.opset < opset:
-        raise Refused(f"{what} needs opset >= {opset} (exporting at opset {b.opset})")
+        raise Refused(f"{what} needs opset >= {opset} (exporting at opset {b.opset})", opset)
