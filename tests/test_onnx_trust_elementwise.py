@@ -367,3 +367,14 @@ def test_relu_is_exported_as_relu_and_keeps_nan():
         x = np.array([np.nan, -0.0, 0.0, -1, 2, -np.inf, np.inf], np.float32)
         s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.asarray(jax.jit(f)(x)))
+
+
+@pytest.mark.parametrize("f", [lambda x: jnp.max(x, axis=1), lambda x: jnp.min(x, axis=1),
+                               lambda x: x - jnp.max(x, keepdims=True)])
+def test_max_min_reductions_propagate_nan_like_xla(f):
+    """onnxruntime's ReduceMax/ReduceMin skip NaN; XLA's give NaN for the row (fuzz seed 29)."""
+    import onnxruntime as ort
+    x = np.array([[1, np.nan, 3, -np.inf], [1, 2, 3, 4]], np.float32)
+    s = ort.InferenceSession(nnxc.export_onnx(nnxc.trace(f, "f32[2,4]")).SerializeToString(),
+                             providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.asarray(jax.jit(f)(x)))

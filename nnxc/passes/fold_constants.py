@@ -105,8 +105,17 @@ def _is_float(dtype: str) -> bool:
     return dtype[0] in "fc" or dtype == "bf16"
 
 
+# ops whose folded result is bigger than their constant input: XLA keeps `broadcast(c)` and
+# `iota` symbolic and fuses them into their users (a splat multiplier, a mask); a dense
+# constant in their place is compiled differently, and the rest of the fusion rounds differently
+EXPANDING = frozenset({"broadcast_in_dim", "iota"})
+
+
 def is_exact(node: Node) -> bool:
-    """Whether evaluating ``node`` eagerly gives the bits the compiled model computes."""
+    """Whether folding ``node`` leaves the compiled model's bits as they are: its eager result
+    is what XLA computes, and the constant in its place compiles as the node did."""
+    if node.op in EXPANDING:
+        return False
     if node.op in DATA_MOVEMENT:
         return True
     ins = [v.type.dtype for v in node.inputs]

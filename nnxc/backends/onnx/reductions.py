@@ -27,13 +27,23 @@ def _reduce(b, node, xs):
     if t != "bool":
         if node.op in ("reduce_and", "reduce_or", "reduce_xor"):
             raise Refused(f"{node.op} on {t} (bitwise reductions of integers)")
-        return reduce(b, _REDUCE[node.op], xs[0], axes)
+        out = reduce(b, _REDUCE[node.op], xs[0], axes)
+        if node.op in ("reduce_max", "reduce_min") and t.startswith(("f", "bf")):
+            out = _keep_nan(b, xs[0], out, axes, t)
+        return out
     x = b.cast(xs[0], "bool", "i32")  # onnxruntime reduces numbers only
     if node.op == "reduce_xor":
         s = reduce(b, "ReduceSum", x, axes)
         return b.cast(b.op("Mod", s, b.scalar(2, "i32")), "i32", "bool")
     op = "ReduceMin" if node.op in ("reduce_and", "reduce_min") else "ReduceMax"
     return b.cast(reduce(b, op, x, axes), "i32", "bool")
+
+
+def _keep_nan(b, x: str, out: str, axes, t: str) -> str:
+    """XLA's max/min reductions return NaN when the row holds one; onnxruntime skips it."""
+    nan = b.cast(b.op("IsNaN", x), "bool", "i32")
+    any_nan = b.cast(reduce(b, "ReduceMax", nan, list(axes)), "i32", "bool")
+    return b.where(any_nan, b.scalar(np.nan, t), out)
 
 
 @rule("argmax", "argmin")
