@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _tolerance_args(p)
     p.add_argument("--no-onnx", action="store_true", help="compare XLA only")
+    _diagnostic_args(p)
     p.add_argument("--seed", type=_count, default=0,
                    help="seed of the random inputs (default 0; not used with -i NAME=FILE)")
     _pass_args(p)
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-as-inputs", action="store_true", help="weights as graph inputs")
     p.add_argument("--check", action="store_true",
                    help="cross-check JAX, XLA and onnxruntime; exit 1 beyond tolerance")
+    _diagnostic_args(p)
     p.add_argument("--dump-ir", metavar="FILE",
                    help="also write the traced IR here (and, with passes, FILE.<pipeline>.ir after them)")
     _constants_args(p)
@@ -174,6 +176,15 @@ def _constants_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sidecar", action="store_true",
                    help="write elided constants beside IR text files (FILE.safetensors, keyed by "
                         "hash); nnxc.ir.parse(text, sidecar=...) restores them")
+
+
+def _diagnostic_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--per-module", action="store_true",
+                   help="also compare the values at every module boundary and name the first module "
+                        "beyond tolerance")
+    p.add_argument("--repro", metavar="DIR",
+                   help="on a mismatch, write a self-contained reproduction into DIR (IR, weights, "
+                        "inputs, ONNX, reference outputs, versions, repro.py)")
 
 
 def _tolerance_args(p: argparse.ArgumentParser) -> None:

@@ -113,7 +113,16 @@ def _write_ir(args, path: str, graph, locs: bool = True) -> None:
     write_text(graph, path, locs=locs, full_constants=args.full_constants, sidecar=args.sidecar or None)
 
 
+def _check_diagnostics(args) -> None:
+    """``--per-module`` / ``--repro DIR`` misuse, before any work."""
+    if getattr(args, "check", True) is False and (args.per_module or args.repro):
+        raise SpecError(f"{'--per-module' if args.per_module else '--repro'} needs --check")
+    if args.repro and os.path.exists(args.repro) and not os.path.isdir(args.repro):
+        raise SpecError(f"--repro {args.repro}: not a folder")
+
+
 def cmd_check(args) -> int:
+    _check_diagnostics(args)
     stages = Stages(args.quiet)
     graph = optimize_graph(args, trace_model(args, stages), stages)
     report = _crosscheck(graph, stages, args, ("jax", "xla") if args.no_onnx else ("jax", "xla", "onnx"),
@@ -130,13 +139,15 @@ def _crosscheck(graph, stages, args, backends, opset=None, data=None):
     on = "on the given inputs" if data else f"on random inputs (seed {getattr(args, 'seed', 0)})"
     with stages.stage("check", ", ".join(what[b] for b in backends) + f" {on}"):
         report = crosscheck(graph, *(data or ()), backends=backends, rtol=args.rtol, atol=args.atol,
-                            sizes=_sizes(args.sizes), opset=opset, seed=getattr(args, "seed", 0))
+                            sizes=_sizes(args.sizes), opset=opset, seed=getattr(args, "seed", 0),
+                            per_module=args.per_module, repro=args.repro)
     return report
 
 
 def cmd_export(args) -> int:
     from .._files import atomic_write
     from ..backends.onnx import export_onnx
+    _check_diagnostics(args)
     stages = Stages(args.quiet)
     graph = trace_model(args, stages)
     if args.dump_ir:

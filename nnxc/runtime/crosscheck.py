@@ -24,6 +24,8 @@ class CrosscheckReport:
     exact_promised: bool = False  # XLA must equal the reference bit for bit
     inexact: list = field(default_factory=list)  # passes that changed the graph and may round differently
     first_difference: str | None = None  # the first pass after which XLA's bits differ
+    modules: object = None  # a permodule.PerModuleReport, with per_module=True
+    repro: str | None = None  # the folder written with repro=DIR on a mismatch
 
     @property
     def ok(self) -> bool:
@@ -43,7 +45,12 @@ class CrosscheckReport:
                              f"rounding: {', '.join(self.inexact)}")
                 if self.first_difference:
                     lines.append(f"xla: the first pass that changes the bits: {self.first_difference}")
-        return "\n".join(lines) + "\n" + format_table(self.rows)
+        text = "\n".join(lines) + "\n" + format_table(self.rows)
+        if self.modules is not None:
+            text += "\n\n" + str(self.modules)
+        if self.repro:
+            text += f"\nrepro: wrote {self.repro} (python {self.repro}/repro.py reproduces the mismatch)"
+        return text
 
 
 def _host(x) -> np.ndarray:
@@ -67,7 +74,7 @@ def _is_concrete(x) -> bool:
 
 def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None, atol=None,
                sizes=(1, 3), opset=None, seed: int = 0, bisect: bool = True,
-               **trace_kwargs) -> CrosscheckReport:
+               per_module: bool = False, repro=None, **trace_kwargs) -> CrosscheckReport:
     """Compare backends on the same inputs; see the module docstring.
 
     ``graph_or_model``: a Graph, or anything ``nnxc.trace`` takes (then ``args`` are its
@@ -80,6 +87,11 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
     function when the graph carries one, else XLA. Variable updates are compared against XLA.
     XLA must equal the reference bit for bit unless a pass that changes rounding ran; then,
     with ``bisect``, the report names the first pass after which XLA's bits differ.
+
+    ``per_module``: also compare every module's boundary values (``report.modules``, see
+    ``nnxc.runtime.permodule``), on the first inputs where an output fails, else the last.
+    ``repro``: a folder; on a mismatch a self-contained reproduction is written there
+    (``nnxc.runtime.repro``; ``report.repro``), nothing otherwise.
     """
     if isinstance(graph_or_model, Graph):
         graph = graph_or_model
@@ -102,14 +114,18 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
         exe = compile(graph)
     if "onnx" in backends:
         from .onnx_io import onnx_session
-        session = onnx_session(export_onnx(graph, opset=opset))
+        value_names: dict = {}
+        onnx_model = export_onnx(graph, opset=opset, value_names=value_names)
+        session = onnx_session(onnx_model)
     names = output_names(graph)
     update_paths = [p for p, _ in graph.updates]
     from ..passes import inexact_passes
     inexact = inexact_passes(graph.meta.get("changed_passes", ()))
     report = CrosscheckReport(reference="jax" if reference is not None else "xla",
                               exact_promised=not inexact, inexact=inexact)
+    kept = None  # (size, flat, reference outputs, reference updates, failed): per_module / repro
     for size, flat in inputs:
+        n_rows = len(report.rows)
         pos, kwa = split_call(graph, flat)
         got: dict[str, list] = {}
         new_state = None
@@ -138,6 +154,25 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
                 report.rows.append(_row(f"{path} (update)", size, "onnx", ref_new, g, rtol,
                                         atol if atol is not None else
                                         _update_atol(ref_new, exe.state.get(path), flat, rtol)))
+        failed = not all(r["ok"] for r in report.rows[n_rows:])
+        if (per_module or repro is not None) and (kept is None or not kept[4]) and (
+                failed or per_module):
+            updates = ({p: _host(new_state[p]) for p in update_paths}
+                       if session is not None and new_state is not None else {})
+            kept = (size, flat, got[ref_name], updates, failed)
+    if per_module and kept is not None:
+        from .permodule import per_module as compare_modules
+        report.modules = compare_modules(
+            graph, kept[1], backends=[b for b in backends if b != "jax"],
+            onnx_model=onnx_model if session is not None else None,
+            value_names=value_names if session is not None else None, rtol=rtol, atol=atol,
+            exact_xla=report.exact_promised and rtol is None and atol is None, size=kept[0],
+            reference_outputs=kept[2] if reference is not None else None)
+    if repro is not None and not report.ok and kept is not None:
+        from .repro import write_repro
+        report.repro = write_repro(repro, graph, kept[1], kept[2], kept[3], report, size=kept[0],
+                                   backends=[b for b in backends if b != "jax"], opset=opset,
+                                   rtol=rtol, atol=atol)
     return report
 
 
@@ -201,3 +236,7 @@ def _row(name, size, backend, ref, got, rtol, atol, exact: bool = False) -> dict
     if got.dtype != ref.dtype and r["ok"]:
         r = {**r, "ok": False, "note": f"dtype {got.dtype} != {ref.dtype}"}
     return {"output": name, "size": size, "backend": backend, **r}
+
+
+# public names for scripts that replay a check (``nnxc.runtime.repro``'s repro.py)
+compare_row, update_atol, host = _row, _update_atol, _host
