@@ -161,6 +161,32 @@ def test_a_wrong_fused_xla_rule_is_blamed_on_its_module_and_fused_modules_are_no
     assert not mods.row("blocks.1.down", "xla")["ok"]  # downstream of the wrong gelu
 
 
+def test_a_module_whose_reader_was_folded_into_it_is_not_comparable():
+    """-O inference folds bn1 into linear1's weights: linear1's boundary value is bn1's output
+    now. Compared with the traced linear1 output it would be far off; it is not comparable."""
+    from mlp import mlp
+    model = mlp()
+    model.bn1.mean[...] = model.bn1.mean[...] + 0.5  # statistics that change the values
+    model.bn1.var[...] = model.bn1.var[...] * 4.0
+    model.eval()
+    g = nnxc.optimize(nnxc.trace(model, "f32[B,64]"), "inference")
+    report = nnxc.crosscheck(g, sizes=(2,), per_module=True)
+    assert report.ok
+    mods = report.modules
+    assert mods.first_bad == {}
+    assert mods.not_comparable["linear1"] == ("not comparable: passes merged bn1, which read its values, "
+                                              "into other modules (its boundary values may carry their work)")
+    assert mods.not_comparable["bn1"].startswith("not comparable: no boundary values after passes")
+    assert mods.row("head", "xla")["ok"] and mods.row("head", "onnx")["values"] == 1
+    # without that rule the folded value would be compared with the unfolded one, and be wrong
+    traced = boundaries(g.meta["source"][0])
+    folded = boundaries(g)
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+    _, (before,) = xla_values(g.meta["source"][0], [traced["linear1"][0].value], [x])
+    _, (after,) = xla_values(g, [folded["linear1"][0].value], [x])
+    assert not measure(before, after, None, None)["ok"]
+
+
 def test_match_needs_the_same_count_and_types():
     model = Two(nnx.Rngs(0))
     g = nnxc.trace(model, "f32[B,4]")

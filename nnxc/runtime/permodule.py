@@ -18,8 +18,9 @@ with the boundary values added as extra outputs of a copy of the model.
 Boundary values of the optimized graph are matched to the traced graph's by module path and
 position among that module's boundary values, when the module has as many of them, of the
 same types, in both graphs. A module that passes changed at its boundary (a fusion absorbed
-it, CSE made another module read its values) is reported as not comparable, never skipped
-in silence. Errors are measured relative to the value's scale, as the outputs are judged:
+it, CSE made another module read its values, a module that read them was folded into it) is
+reported as not comparable, never skipped in silence. Errors are measured relative to the
+value's scale, as the outputs are judged:
 ``rel = |got - ref| / max|ref|`` per element, binned in a histogram.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Boundary:
     index: int  # position among the module's boundary values
     value: Value
     order: int  # index of the producing node among the graph's top-level nodes
+    readers: frozenset = frozenset()  # module paths of the other nodes that read it
 
 
 def boundaries(graph: Graph) -> dict[str, list[Boundary]]:
@@ -55,12 +57,12 @@ def boundaries(graph: Graph) -> dict[str, list[Boundary]]:
     for i, node in enumerate(graph.nodes):
         for v in node.outputs:
             producer[v] = (i, node.path)
-    crossing: set[Value] = set()
+    crossing: dict[Value, set] = {}
 
     def read(v: Value, path: str) -> None:
         p = producer.get(v)
         if p is not None and p[1] != path:
-            crossing.add(v)
+            crossing.setdefault(v, set()).add(path)
 
     for node in graph.nodes:
         for v in node.inputs:
@@ -69,14 +71,15 @@ def boundaries(graph: Graph) -> dict[str, list[Boundary]]:
             for inner in _walk_regions(region):
                 for v in inner.inputs:
                     read(v, node.path)
-    crossing.update(v for v in graph.outputs if v in producer)
-    crossing.update(v for _, v in graph.updates if v in producer)
+    for v in list(graph.outputs) + [v for _, v in graph.updates]:
+        if v in producer:
+            crossing.setdefault(v, set())
     out: dict[str, list[Boundary]] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.outputs:
             if v in crossing:
                 items = out.setdefault(node.path, [])
-                items.append(Boundary(node.path, len(items), v, i))
+                items.append(Boundary(node.path, len(items), v, i, frozenset(crossing[v])))
     return out
 
 
@@ -87,14 +90,18 @@ def _walk_regions(region):
             yield from _walk_regions(r)
 
 
-def match(traced: dict, optimized: dict) -> tuple[list, dict]:
+def match(traced: dict, optimized: dict, alive: set | None = None) -> tuple[list, dict]:
     """Pair the boundary values of the optimized graph with the traced graph's.
 
-    Returns ``(pairs, not_comparable)``: pairs ``(traced Boundary, optimized Boundary)`` in
-    program order of the traced graph, and module path -> why it cannot be compared."""
+    ``alive``: the module paths that still have nodes after passes. A boundary value that a
+    module no longer there read (BatchNorm folded into the Linear before it) now carries that
+    module's work too, so its module is not comparable. Returns ``(pairs, not_comparable)``:
+    pairs ``(traced Boundary, optimized Boundary)`` in program order of the traced graph, and
+    module path -> why it cannot be compared."""
     pairs, bad = [], {}
     for path, ref in traced.items():
         got = optimized.get(path, [])
+        gone = sorted({p for r in ref for p in r.readers if alive is not None and p not in alive})
         if not got:
             bad[path] = "not comparable: no boundary values after passes (fused into another module or removed)"
         elif len(got) != len(ref):
@@ -104,6 +111,9 @@ def match(traced: dict, optimized: dict) -> tuple[list, dict]:
             k = next(i for i, (r, g) in enumerate(zip(ref, got)) if r.value.type != g.value.type)
             bad[path] = (f"not comparable: boundary value {k} is {ref[k].value.type} traced, "
                          f"{got[k].value.type} after passes")
+        elif gone:
+            bad[path] = (f"not comparable: passes merged {', '.join(map(module_name, gone))}, which read "
+                         "its values, into other modules (its boundary values may carry their work)")
         else:
             pairs.extend(zip(ref, got))
     return sorted(pairs, key=lambda p: (p[0].order, p[0].index)), bad
@@ -288,7 +298,7 @@ def per_module(graph: Graph, flat: list, *, backends=("xla", "onnx"), onnx_model
     source = graph.meta.get("source", (None, ()))[0] or graph
     traced = boundaries(source)
     optimized = traced if source is graph else boundaries(graph)
-    pairs, bad = match(traced, optimized)
+    pairs, bad = match(traced, optimized, {n.path for n in graph.nodes})
     report = PerModuleReport(size=size, not_comparable=bad)
     ref_list = [b for items in traced.values() for b in items]
     ref_outs, ref_vals = xla_values(source, [b.value for b in ref_list], flat)
