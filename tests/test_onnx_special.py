@@ -293,7 +293,7 @@ def _int_values(dtype, n=200):
     info = np.iinfo(dtype)
     x = RNG.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
     edges = [0, 1, 2, 3, info.max, info.min, info.max - 1, info.max // 2, info.max // 2 + 1]
-    x[:len(edges)] = np.asarray(edges).astype(dtype)
+    x[:len(edges)] = np.array([int(e) for e in edges], dtype=dtype)
     return x
 
 
@@ -367,3 +367,49 @@ def test_integer_sums_exact_past_2_53_and_symbolic():
     for got, arg in zip(runs, (x, x[:1])):
         for g, w in zip(got, jax.jit(lambda v: (v.sum(0, dtype=jnp.uint32), v.max(0), v.argmin(0)))(arg)):
             assert np.array_equal(g, np.asarray(w))
+
+
+@pytest.mark.parametrize("dtype", INT_TYPES + [np.bool_], ids=lambda d: np.dtype(d).name)
+def test_bitwise_reductions(dtype):
+    """reduce_and / or / xor of integers (pairwise Bitwise* ops; ONNX has no such reduction)."""
+    x = (RNG.random((3, 5, 2)) < 0.5) if dtype == np.bool_ else _int_values(dtype, 30).reshape(3, 5, 2)
+    fn = lambda v: (lax.reduce_and(v, (1,)), lax.reduce_or(v, (0, 2)), lax.reduce_xor(v, (1,)),  # noqa: E731
+                    lax.reduce_xor(v, (0, 1, 2)), lax.reduce_and(v[:, :0], (1,)))
+    with jax.enable_x64(True):
+        got = onnx_run(fn, x)
+        want = jax.jit(fn)(x)
+    for k, (g, w) in enumerate(zip(got, want)):
+        w = np.asarray(w)
+        assert g.dtype == w.dtype and np.array_equal(g, w), k
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint8, np.float16])
+def test_scatter_sub(dtype):
+    x = (RNG.standard_normal((5, 3)) * 10).astype(dtype)
+    fn = lambda v: (v.at[jnp.array([0, 2, 0, 4])].subtract(v[:4] * 2), v.at[1:3, 1].subtract(v[0, 1]))  # noqa: E731
+    for g, w in zip(onnx_run(fn, x), jax.jit(fn)(x)):
+        np.testing.assert_array_equal(g, np.asarray(w))
+
+
+def test_identity_and_call_primitives():
+    """Annotations and calls that keep the value: copy, optimization_barrier, checkpoint_name
+    (``name``), jax.checkpoint (``remat2``, inlined), custom_vjp (``custom_vjp_call``, the
+    primal inlined), random_clone; and approx_top_k (exact TopK, as XLA on CPU)."""
+    from jax.ad_checkpoint import checkpoint_name
+
+    @jax.custom_vjp
+    def cube(y):
+        return y * y * y
+    cube.defvjp(lambda y: (cube(y), y), lambda y, g: (3 * y * y * g,))
+
+    def fn(x):
+        return {"copy": jnp.array(x, copy=True) + 1, "optimization_barrier": lax.optimization_barrier(x) * 2,
+                "name": checkpoint_name(jnp.sin(x), "features"), "remat2": jax.checkpoint(jnp.tanh)(x),
+                "custom_vjp_call": cube(x), "approx_top_k": lax.approx_max_k(x, 3),
+                "random_clone": jax.random.key_data(jax.random.clone(jax.random.key(7)))}
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    want = jax.tree_util.tree_flatten_with_path(jax.jit(fn)(x))[0]
+    got = onnx_run(fn, x)
+    assert len(got) == len(want) == 8
+    for g, (path, w) in zip(got, want):
+        np.testing.assert_allclose(g, np.asarray(w), rtol=1e-6, err_msg=jax.tree_util.keystr(path))

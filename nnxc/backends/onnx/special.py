@@ -16,13 +16,17 @@
   converged (the same stopping rules and caps as JAX's own while loops), not unrolled.
   ``lax.random_gamma_grad`` is not a primitive: JAX traces it into the same while loops,
   which export through ``while`` once ``lgamma`` and ``digamma`` do.
-- ``clz``, ``population_count``: per-bit compares / shifts summed over a new axis.
-- ``rng_uniform``: ``RandomUniform`` scaled to ``[a, b)`` (a fresh draw per run, as XLA's).
-- Integer reductions onnxruntime has no kernel for (``ReduceSum``/``ReduceProd``/``CumSum``
-  run on i32, i64 and floats only; ``ReduceMax``/``ReduceMin``/``ArgMax`` on u8, i8, i32, i64
-  and floats): computed in i64 (or i32) and wrapped back to the type's width, u64 through
-  i64 with the sign bit flipped for comparisons. Other dtypes go to the rules in
-  ``reductions``.
+- ``clz``, ``population_count``: per-bit shifts of the zero-extended bits, summed over a new
+  axis.
+- ``rng_uniform``: ``RandomUniform`` scaled to ``[a, b)`` (a fresh draw per run, as XLA's;
+  onnxruntime 1.32 runs RandomUniform up to opset 21 only, and the rule says so).
+- Integer reductions as XLA computes them, wrapping and exact (see the section below for
+  what onnxruntime's kernels lack): sums and cumulative sums in i64 then wrapped to the
+  type's width, products and bitwise and / or / xor (which ONNX lacks) as pairwise
+  elementwise trees, max / min / argmax / argmin / cummax / cummin in a type with kernels
+  (u64 with its top bit flipped). Other dtypes go to the rules in ``reductions``, which
+  these extend (``rule.base``).
+- ``scatter-sub``: the scatter-add rule on the negated updates.
 
 Float math runs in f32 for f16 / bf16 / f32 inputs and in f64 for f64, and is rounded once
 to the output type, as XLA does.
@@ -36,10 +40,10 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ...ir.types import to_dtype
-from . import elementwise, reductions  # noqa: F401 - their rules are wrapped below, so load them first
+from . import elementwise, indexing, reductions  # noqa: F401 - rules extended below: load them first
 from .builder import onnx_dtype
 from .shape import dims_of
-from .table import ONNX_RULES, Refused, rule
+from .table import ONNX_RULES, Refused, need, rule
 
 _WORK = {"f16": "f32", "bf16": "f32", "f32": "f32", "f64": "f64"}
 
@@ -659,15 +663,17 @@ for _name, _fn in {"zeta": zeta, "polygamma": polygamma, "igamma": igamma, "igam
                    "igamma_grad_a": igamma_grad_a}.items():
     ONNX_RULES[_name] = _nary(_fn)
 
-_ERF_INV_F32 = elementwise._erf_inv
+def _erf_inv_rule(base):
+    def _erf_inv(b, node, xs):
+        """f64 gets the double-precision polynomials; other types the rule of ``elementwise``."""
+        if node.inputs[0].type.dtype != "f64":
+            return base(b, node, xs)
+        return erf_inv64(F(b, xs[0], "f64")).n
+    _erf_inv.base = base  # the rule this one extends (tools/coverage.py reads it)
+    return _erf_inv
 
 
-@rule("erf_inv")
-def _erf_inv(b, node, xs):
-    """f64 gets the double-precision polynomials; other types the f32 rule of ``elementwise``."""
-    if node.inputs[0].type.dtype != "f64":
-        return _ERF_INV_F32(b, node, xs)
-    return erf_inv64(F(b, xs[0], "f64")).n
+ONNX_RULES["erf_inv"] = _erf_inv_rule(ONNX_RULES["erf_inv"])
 
 
 # -- bit counting ------------------------------------------------------------------------------
@@ -745,6 +751,15 @@ def _rng_uniform(b, node, xs):
     return b.cast(y.n, w, t)
 
 
+def _rng_uniform_max_opset() -> int:
+    """The newest opset at which the installed onnxruntime runs RandomUniform."""
+    from .export import MIN_OPSET, max_opset
+    return max((v for v in range(MIN_OPSET, max_opset() + 1) if _random_uniform_runs(v)), default=0)
+
+
+_rng_uniform.max_opset = _rng_uniform_max_opset  # tools/coverage.py reports it
+
+
 # -- integer reductions: onnxruntime's kernels are missing or do not wrap ---------------------------
 #
 # onnxruntime's ReduceSum / ReduceProd run on i32, i64 and floats only and accumulate integers
@@ -755,7 +770,6 @@ def _rng_uniform(b, node, xs):
 _ORDER = {"reduce_max": "ReduceMax", "reduce_min": "ReduceMin", "argmax": "ArgMax", "argmin": "ArgMin"}
 _INTS = ("u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64")
 _ORDER_VIA = {"u16": "i32", "i16": "i32", "u32": "i64", "u64": "i64"}  # no ordering kernels
-_BASE = {op: ONNX_RULES[op] for op in ("reduce_sum", "reduce_prod", "cumsum", "cummax", "cummin", *_ORDER)}
 
 
 def _wrap(b, x: str, t: str) -> str:
@@ -797,28 +811,64 @@ def _int_sum(b, x: str, shape, axes, t: str) -> str:
     return _wrap(b, last, t)
 
 
-def _int_prod(b, x: str, shape, axes, t: str) -> str:
-    """A wrapping integer product: pairwise elementwise Mul in i64 (whose wrapped products keep
-    the low bits right), halving the reduced axis each step."""
+def _tree(b, x: str, shape, axes, t: str, op: str, identity: int, what: str) -> str:
+    """Reduce ``axes`` of ``x`` (dtype ``t``) with the elementwise ONNX ``op``, pairwise: the
+    reduced axes merged into one, halved each step (padded with ``identity`` when odd)."""
     from .shape import INT64_MAX, pad_op
-    if not axes:
-        return x
-    x = b.cast(x, t, "i64")
     y, n = _flatten_reduced(b, x, shape, axes)
     if not isinstance(n, int):
-        raise Refused(f"reduce_prod on {t} over a symbolic number of elements (onnxruntime's "
-                      "ReduceProd does not wrap integer overflow)")
-    if n == 0:
-        return _wrap(b, reductions.reduce(b, "ReduceProd", y, [-1]), t)  # 1, exactly
+        raise Refused(f"{what} on {t} over a symbolic number of elements")
     rank = len(shape) - len(axes) + 1
+    if n == 0:
+        y, n = pad_op(b, y, [0] * rank, [0] * (rank - 1) + [1], b.scalar(identity, t), t), 1
     while n > 1:
         if n % 2:
-            y = pad_op(b, y, [0] * rank, [0] * (rank - 1) + [1], b.scalar(1, "i64"), "i64")
+            y = pad_op(b, y, [0] * rank, [0] * (rank - 1) + [1], b.scalar(identity, t), t)
             n += 1
-        y = b.op("Mul", b.slice(y, [0], [INT64_MAX], [rank - 1], [2]),
-                 b.slice(y, [1], [INT64_MAX], [rank - 1], [2]))
+        y = b.op(op, b.slice(y, [0], [INT64_MAX], [rank - 1], [2]), b.slice(y, [1], [INT64_MAX], [rank - 1], [2]))
         n //= 2
-    return _wrap(b, b.squeeze(y, [rank - 1]), t)
+    return b.squeeze(y, [rank - 1])
+
+
+def _int_prod(b, x: str, shape, axes, t: str) -> str:
+    """A wrapping integer product: elementwise Mul in i64, whose wrapped products keep the low
+    bits right (onnxruntime's ReduceProd saturates)."""
+    if not axes:
+        return x
+    return _wrap(b, _tree(b, b.cast(x, t, "i64"), shape, axes, "i64", "Mul", 1, "reduce_prod"), t)
+
+
+_BITWISE = {"reduce_and": ("BitwiseAnd", -1), "reduce_or": ("BitwiseOr", 0), "reduce_xor": ("BitwiseXor", 0)}
+
+
+def _bitwise_reduction(base):
+    def rule_(b, node, xs):
+        """Bitwise and / or / xor of integers, pairwise (ONNX has no such reductions);
+        booleans go to ``base``, the op's rule in ``reductions``."""
+        it = node.inputs[0].type
+        t, axes = it.dtype, list(node.attrs["axes"])
+        if t not in _INTS:
+            return base(b, node, xs)
+        need(b, 18, f"{node.op} on {t} (ONNX bitwise ops)")
+        if not axes:
+            return xs[0]
+        op, ident = _BITWISE[node.op]
+        if ident == -1:  # all bits set
+            ident = int(np.iinfo(to_dtype(t)).max) if t[0] == "u" else -1
+        return _tree(b, xs[0], it.shape, axes, t, op, ident, node.op)
+    rule_.base = base  # the rule this one extends (tools/coverage.py reads it)
+    return rule_
+
+
+def _scatter_sub(b, node, xs):
+    """x.at[i].subtract(u): the scatter-add rule on -u (x + (-u) rounds as x - u does; integers
+    wrap alike)."""
+    from ...ir.graph import Node
+    t = node.inputs[2].type.dtype
+    neg = b.op("Sub", b.scalar(0, t), xs[2]) if t[0] in "iu" else b.op("Neg", xs[2])
+    proxy = Node("scatter-add", node.inputs, [v.type for v in node.outputs], node.attrs, node.regions,
+                 node.path, node.loc)
+    return ONNX_RULES["scatter-add"](b, proxy, [xs[0], xs[1], neg])
 
 
 def _ordered(b, x: str, t: str) -> str:
@@ -834,18 +884,17 @@ def _unordered(b, y: str, t: str) -> str:
     return b.cast(y, _ORDER_VIA[t], t)
 
 
-@rule("reduce_sum", "reduce_prod", "cumsum", "cummax", "cummin", *_ORDER)
-def _integer_reduction(b, node, xs):
+def _integer_reduction(b, node, xs, base):
     """Integer reductions as XLA computes them (wrapping, exact); other dtypes, and orderings
-    onnxruntime has kernels for, go to the rules in ``reductions``."""
+    onnxruntime has kernels for, go to ``base``, the op's rule in ``reductions``."""
     it = node.inputs[0].type
     t, op = it.dtype, node.op
     if t not in _INTS or (op in (*_ORDER, "cummax", "cummin") and t not in _ORDER_VIA):
-        return _BASE[op](b, node, xs)
+        return base(b, node, xs)
     if op in ("cummax", "cummin"):  # onnxruntime's Max / Min: no u16 / i16 (u32, u64 run)
         axis, n = node.attrs["axis"], it.shape[node.attrs["axis"]]
         if t not in ("u16", "i16") or not isinstance(n, int):
-            return _BASE[op](b, node, xs)
+            return base(b, node, xs)
         info = np.iinfo(to_dtype(t))
         combine = (lambda p, q: b.op("Max", p, q)) if op == "cummax" else (lambda p, q: b.op("Min", p, q))
         ident = b.scalar(int(info.min if op == "cummax" else info.max), "i32")
@@ -867,3 +916,21 @@ def _integer_reduction(b, node, xs):
         out = b.op("ArgMax" if op == "argmax" else "ArgMin", x, axis=axis, keepdims=0)
         return b.cast(out, "i64", node.outputs[0].type.dtype)
     return _unordered(b, reductions.reduce(b, _ORDER[op], x, node.attrs["axes"]), t)
+
+
+def _integer_path(op: str):
+    base = ONNX_RULES[op]
+
+    def rule_(b, node, xs):
+        return _integer_reduction(b, node, xs, base)
+    rule_.__doc__ = _integer_reduction.__doc__
+    rule_.base = base  # the rule this one extends (tools/coverage.py reads it)
+    return rule_
+
+
+for _op in ("reduce_sum", "reduce_prod", "cumsum", "cummax", "cummin", *_ORDER):
+    ONNX_RULES[_op] = _integer_path(_op)
+for _op in _BITWISE:
+    ONNX_RULES[_op] = _bitwise_reduction(ONNX_RULES[_op])
+if "scatter-sub" not in ONNX_RULES:
+    ONNX_RULES["scatter-sub"] = _scatter_sub
