@@ -329,3 +329,27 @@ def test_default_keeps_broadcasts_and_iotas_xla_fuses():
     g2 = nnxc.optimize(g, "default")
     assert "iota" in ops(g2) and "broadcast_in_dim" in ops(g2)
     np.testing.assert_array_equal(outputs(g2, x)[0][0], np.asarray(jax.jit(f)(x)))
+
+
+def test_cse_never_matches_nodes_of_different_regions():
+    """A region's node list freed during the pass could share its id with a later region's,
+    and cse then reused a value from another region (invalid IR, fuzz seed 211)."""
+    def f(x):
+        y = jax.lax.fori_loop(0, 3, lambda i, c: c * 0.5 + jnp.tanh(c), x)
+        z = jnp.nan_to_num(jnp.clip(x * 3, 0.0, 100.0))
+
+        def b0(o):
+            return jnp.nan_to_num(jnp.clip(jnp.broadcast_to(o.mean(), o.shape), -4.0, 4.0))
+
+        def b1(o):
+            return o * 2.0
+
+        def b2(o):
+            return jnp.nan_to_num(jnp.clip(jnp.broadcast_to(o.sum(), o.shape), -4.0, 4.0))
+        w = jax.lax.switch((y.max() > 0.5).astype(jnp.int32), [b0, b1, b2], z)
+        return w + z
+
+    for pipeline in ("default", "inference"):
+        g = nnxc.optimize(nnxc.trace(f, "f32[B,6]"), pipeline)
+        x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+        np.testing.assert_array_equal(outputs(g, x)[0][0], np.asarray(jax.jit(f)(x)))

@@ -27,10 +27,12 @@ def _key(v: Value):
 
 def eliminate_common_subexpressions(graph: Graph) -> Graph:
     table: dict = {}
+    blocks: dict = {}  # id -> block, kept alive so that no two blocks share an id in this pass
 
     def visit(old, new, rb):
         if new.regions or not new.outputs:
             return None
+        blocks.setdefault(id(rb.block), rb.block)
         key = (id(rb.block), new.op, tuple(_key(v) for v in new.inputs),
                tuple((k, format_attr(a)) for k, a in new.attrs.items()),
                tuple(v.type for v in new.outputs))
