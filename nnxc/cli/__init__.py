@@ -80,6 +80,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mutable", metavar="COLLECTIONS",
                    help="Linen: the collections the call may update, e.g. batch_stats (or all)")
     p.add_argument("--eval", action="store_true", help="call model.eval() first (NNX)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", metavar="DIR",
+                   help="restore an Orbax checkpoint of nnx.state(model) (Linen: of its variables) "
+                        "into the model first")
+    g.add_argument("--weights", metavar="FILE",
+                   help="load a .safetensors file keyed by variable path (linear1.kernel) into the "
+                        "model first; variables it leaves out keep their values (with a warning)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no progress")
 
 
@@ -145,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sizes of symbolic dims for the --dump-dir HLO and cost report (default 1)")
     p.add_argument("--mesh", metavar="AXES", type=_mesh_text,
                    help="compile sharded on a mesh, e.g. data=2,model=4 (the factory runs inside it)")
+    p.add_argument("--cost", action="store_true",
+                   help="print FLOPs (with loop trip counts, and XLA's own figure), bytes accessed, "
+                        "peak memory and argument/output/temp sizes, per module, at --dims sizes")
+    p.add_argument("--cost-json", metavar="FILE",
+                   help="write the --cost report as JSON to FILE ('-': print it instead of the table)")
     _constants_args(p)
     _pass_args(p)
     p.set_defaults(func=cmd_compile)

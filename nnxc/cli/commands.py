@@ -220,7 +220,27 @@ def cmd_compile(args) -> int:
             report = {"cost_analysis": cost, "memory_analysis": exe.memory_analysis(*structs),
                       "modules": rows, "dims": _dump_dims(symbolic, dims)}
             atomic_write(os.path.join(dump, "report.json"), json.dumps(report, indent=2, default=str))
+    if args.cost or args.cost_json:
+        return _print_cost(args, exe, stages, _dump_dims(symbolic, dims))
     print(format_module_table(rows))
+    return 0
+
+
+def _print_cost(args, exe, stages, sizes: dict) -> int:
+    """``--cost``: the cost table; ``--cost-json FILE`` also writes it as JSON ('-': prints
+    the JSON instead of the table)."""
+    from .._files import atomic_write
+    at = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
+    with stages.stage("cost", "XLA cost and memory analysis" + (f" at {at}" if at else "")):
+        report = exe.cost(dims=sizes)
+    if args.cost_json == "-":
+        sys.stdout.write(report.to_json())
+        return 0
+    if args.cost_json:
+        atomic_write(args.cost_json, report.to_json())
+        if not args.quiet:
+            print(f"wrote {args.cost_json} (cost report, JSON)", file=sys.stderr)
+    print(report.format())
     return 0
 
 

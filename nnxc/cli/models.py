@@ -250,6 +250,7 @@ def trace_model(args, stages, mesh=None):
             dtype = jax.dtypes.canonicalize_dtype(a.data.dtype)
             a.data = fit_dtype(f"input {a.name} ({a.file})", a.data, dtype)
             specs.append(jax.ShapeDtypeStruct(a.data.shape, dtype))
+    source = _weights_source(args)
     made = build_model(args, mesh)
     variables = None
     if isinstance(made, tuple) and len(made) == 2:
@@ -258,12 +259,13 @@ def trace_model(args, stages, mesh=None):
         made.eval()
     capture = _capture_parts(made)
     opts = _trace_options(made, capture, variables, method, mutable)
-    with stages.stage("trace"), _mesh_context(mesh):
+    detail = f"weights from {next(iter(source.values()))}" if source else ""
+    with stages.stage("trace", detail), _mesh_context(mesh):
         try:
             if capture is not None:
-                graph = _trace_capture(capture, specs, kwargs, method)
+                graph = _trace_capture(capture, specs, kwargs, method, source)
             else:
-                graph = trace(made, *specs, **opts, **kwargs)
+                graph = trace(made, *specs, **opts, **source, **kwargs)
         except NnxcError:
             raise
         except Exception as e:  # noqa: BLE001 - the model's own code failed on these inputs
@@ -272,6 +274,25 @@ def trace_model(args, stages, mesh=None):
     args.input_data = _fit_data(graph, inputs) if with_data else None
     _warn_training(graph)
     return graph
+
+
+def _weights_source(args) -> dict:
+    """``--checkpoint DIR`` / ``--weights FILE`` -> nnxc.trace's ``checkpoint=`` / ``weights=``
+    (a path that does not exist is misuse)."""
+    checkpoint, weights = getattr(args, "checkpoint", None), getattr(args, "weights", None)
+    if checkpoint is not None:
+        if not os.path.isdir(checkpoint):
+            raise SpecError(f"checkpoint folder not found: {checkpoint}" if not os.path.exists(checkpoint)
+                            else f"--checkpoint {checkpoint}: not a folder (an Orbax checkpoint is a "
+                                 "folder; give a .safetensors file with --weights)")
+        return {"checkpoint": checkpoint}
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise SpecError(f"weights file not found: {weights}" if not os.path.exists(weights)
+                            else f"--weights {weights}: not a file (an Orbax checkpoint folder goes "
+                                 "with --checkpoint)")
+        return {"weights": weights}
+    return {}
 
 
 def _trace_options(made, capture, variables, method, mutable) -> dict:
@@ -319,7 +340,7 @@ def _capture_parts(made) -> dict | None:
     return parts if {"fn", "module_instance", "var_types"} <= parts.keys() else None
 
 
-def _trace_capture(parts: dict, specs: list, kwargs: dict, method: str | None):
+def _trace_capture(parts: dict, specs: list, kwargs: dict, method: str | None, source=None):
     import inspect
 
     from flax import nnx
@@ -349,7 +370,7 @@ def _trace_capture(parts: dict, specs: list, kwargs: dict, method: str | None):
     except (TypeError, ValueError):
         pass
     cls = type(module).__name__
-    graph = trace(call, module, *specs, name=cls, **kwargs)
+    graph = trace(call, module, *specs, name=cls, **(source or {}), **kwargs)
     _strip_prefix(graph, _CAPTURED)
     graph.meta.setdefault("module_types", {})[""] = cls
     graph.meta["capture"] = [t.__name__ for t in var_types]

@@ -25,27 +25,36 @@ from .jaxpr import jaxpr_to_graph
 from .specs import abstract_args, concrete_shape
 
 # keyword arguments of nnxc.trace itself; every other keyword goes to the model call
-_OWN = ("method", "variables", "mutable", "rngs", "name")
+_OWN = ("method", "variables", "mutable", "rngs", "name", "checkpoint", "weights")
 _NOISE_META = {"hijax", "ref", "eager_sharding"}
 
 
 def trace(obj, *args, method: str | None = None, variables=None, mutable=False, rngs=None,
-          name: str | None = None, **kwargs) -> Graph:
+          name: str | None = None, checkpoint=None, weights=None, **kwargs) -> Graph:
     """Trace ``obj`` on example ``args`` into a Graph.
 
     ``obj``: an ``nnx.Module``; a Linen module (with ``variables=``, or lazily initialized
     from ``rngs=``); or a callable. ``args``: arrays, ShapeDtypeStructs or spec strings
     such as ``"f32[B,784]"``. Other keywords are passed to the call as static values.
+    ``checkpoint=DIR`` (an Orbax checkpoint of ``nnx.state(model)`` or of Linen variables)
+    or ``weights=FILE.safetensors`` (keyed by variable path) replace the model's variables
+    first, on a copy (see ``nnxc.frontend.checkpoint``).
     """
     with gc_paused():
-        return _trace(obj, args, method, variables, mutable, rngs, name, kwargs)
+        return _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint, weights)
 
 
-def _trace(obj, args, method, variables, mutable, rngs, name, kwargs) -> Graph:
+def _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint=None,
+           weights=None) -> Graph:
     kwargs, array_kwargs = _split_kwargs(kwargs)
     positional = [a for a in args if not _is_node(a)]
     abstract = abstract_args(positional + list(array_kwargs.values()))
     kw = _KwInputs(len(positional), tuple(array_kwargs))
+    if checkpoint is not None or weights is not None:
+        from .checkpoint import restore_weights
+        obj, args, variables, rngs = restore_weights(obj, args, variables, rngs, method, kwargs,
+                                                     abstract, kw, checkpoint=checkpoint,
+                                                     weights=weights)
     if isinstance(obj, nnx.Module):
         graph = _trace_nnx(obj, abstract, kwargs, method or "__call__", name, kw)
     elif isinstance(obj, nn.Module):

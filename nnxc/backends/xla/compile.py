@@ -227,6 +227,15 @@ class Compiled:
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {n: int(getattr(stats, n)) for n in names if hasattr(stats, n)}
 
+    def cost(self, *arg_structs, dims: dict | None = None, depth: int | None = None):
+        """FLOPs (with loop trip counts, and XLA's own figure, which counts each loop body
+        once), bytes accessed, peak memory and argument/output/temporary sizes, and FLOPs per
+        module: a ``nnxc.runtime.cost.CostReport`` for the given flat input structs, or for
+        ``dims`` (sizes of symbolic dims, default 1). ``str(report)`` is a table,
+        ``report.to_json()`` JSON."""
+        from ...runtime.cost import cost_report
+        return cost_report(self, *arg_structs, dims=dims, depth=depth)
+
     def _example_dims(self) -> dict:
         """Symbolic dims at size 1, for dumps of graphs with symbolic inputs."""
         names = {n for v in self.graph.inputs for d in v.type.shape if isinstance(d, str)
