@@ -94,6 +94,8 @@ class Context:
         self.failures: list[tuple] = []  # (op, module path, source loc, reason)
         self.needs_opset: int | None = None  # the newest opset a refusal asked for
         self.refused_outright = False  # a refusal no opset would lift
+        self.exact_needs_newer = False  # the default opset: a rule that is exact only at a newer
+        # opset asks for it (need(...)) instead of lowering approximately
         self.pre = Builder(self)  # the prelude: symbolic dims, at the start of the main graph
 
     def reserve(self, name: str) -> str:

@@ -183,6 +183,7 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     if external_data and path is None:
         raise NnxcError("external_data needs a path to write the data file beside")
     ctx = Context(opset)
+    ctx.exact_needs_newer = _chosen == "default"  # rules may ask for a newer opset to be exact
     ctx.node_meta = node_metadata(graph)
     b = Builder(ctx)
     inputs, weights = [], []

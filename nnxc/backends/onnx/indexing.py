@@ -229,7 +229,9 @@ def _key(b, x: str, dtype: str, canonical: bool = False) -> tuple[str, bool]:
     if dtype == "u64":  # flipping the top bit keeps the order in i64
         need(b, 18, "sorting u64")
         return b.op("BitwiseXor", b.cast(x, "u64", "i64"), b.scalar(-(2**63), "i64")), True
-    if dtype not in _ORDER or b.opset < 26:
+    if dtype in _ORDER and b.opset < 26 and b.ctx.exact_needs_newer:
+        need(b, 26, "sorting floats in XLA's total order (NaN, -0.0; ONNX BitCast)")
+    if dtype not in _ORDER or b.opset < 26:  # an explicit older opset: NaN and -0.0 may differ
         return x, False
     if canonical:
         zero = b.scalar(0, dtype)
