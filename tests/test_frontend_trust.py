@@ -213,3 +213,21 @@ def test_compiled_fast_path_keeps_state_and_validation():
         assert np.array_equal(np.asarray(a), np.asarray(b)), path
     with pytest.raises(nnxc.NnxcError, match="shape"):
         exe(np.zeros((2, 5), np.float32))
+
+
+def test_nnx_capture_traces_directly_from_the_python_api():
+    """``nnxc.trace(nnx.capture(model, nnx.Intermediate), x)`` (flax 0.12's way to collect
+    sown values) traces the model under the capture: outputs and intermediates as it returns."""
+    import sys
+    import os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import sow
+    captured = sow.captured()
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    g = nnxc.trace(captured, "f32[B,16]")
+    assert not any(v.path.startswith("_nnxc") for v in g.variables)
+    got = jax.tree_util.tree_leaves(nnxc.compile(g)(x))
+    want = jax.tree_util.tree_leaves(sow.captured()(x))
+    assert len(got) == len(want) >= 2
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

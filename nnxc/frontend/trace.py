@@ -40,6 +40,11 @@ def trace(obj, *args, method: str | None = None, variables=None, mutable=False, 
     or ``weights=FILE.safetensors`` (keyed by variable path) replace the model's variables
     first, on a copy (see ``nnxc.frontend.checkpoint``).
     """
+    from .capture import capture_parts, trace_capture
+    parts = capture_parts(obj)
+    if parts is not None:  # nnx.capture(model, ...): the model, under the same capture
+        source = {k: v for k, v in (("checkpoint", checkpoint), ("weights", weights)) if v is not None}
+        return trace_capture(parts, list(args), kwargs, method, source)
     with gc_paused():
         return _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint, weights)
 
