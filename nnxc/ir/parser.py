@@ -1,14 +1,16 @@
 """Parse the text form back into a Graph: ``print(parse(text)) == text``."""
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
 
 import jax
 import numpy as np
 
 from ..errors import NnxcError
-from .attrs import DType, EnumVal, Record, SymDim
+from .attrs import DType, EnumVal, Record, SymDim, format_attr
 from .graph import Elided, Graph, Node, Region, Value, Variable, content_hash
 from .types import DTYPE_NAMES, DimError, TensorType, canonical_dim, to_dtype
 
@@ -20,8 +22,19 @@ class IRParseError(NnxcError, ValueError):
         self.msg, self.line, self.col = msg, line, col
         where = f"line {line}, col {col}: {msg}"
         if text:
-            where += f"\n  {text}\n  {' ' * (col - 1)}^"
+            shown, caret = _excerpt(text, col)
+            where += f"\n  {shown}\n  {' ' * caret}^"
         super().__init__(where)
+
+
+def _excerpt(text: str, col: int, width: int = 100) -> tuple[str, int]:
+    """(at most ``width`` characters of ``text`` around column ``col``, the caret's offset)."""
+    if len(text) <= width:
+        return text, col - 1
+    start = max(0, min(col - 1 - width // 2, len(text) - width))
+    shown = ("..." if start else "") + text[start:start + width] + \
+        ("..." if start + width < len(text) else "")
+    return shown, col - 1 - start + (3 if start else 0)
 
 
 class ElidedConstantError(NnxcError, ValueError):
@@ -56,7 +69,85 @@ def require_constant_data(graph: Graph) -> None:
 _NAME = re.compile(r"%([A-Za-z0-9_.\-]+)")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_NUMBER = re.compile(r"-?(inf|nan|\d+(\.\d*)?([eE][-+]?\d+)?)")
+_NUMBER = re.compile(r"-?(inf|nan|[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?)")  # ASCII digits only
+MAX_NESTING = 100  # regions, attribute tuples and output trees nest at most this deep
+MAX_DIM = 2 ** 63 - 1  # dims are int64 in XLA and ONNX
+_MAX_DIGITS = 400  # longer integers are no dim and no value of any dtype
+
+
+def scalar_array(values: list, dtype: str) -> np.ndarray:
+    """The values (Python bools, ints, floats, complexes) as an array of the IR dtype
+    ``dtype``; ValueError says which value does not fit it (a float for an integer type,
+    an integer out of range, a finite value that overflows a float type, ...)."""
+    if dtype.startswith("key<") or dtype == "float0":
+        raise ValueError(f"{dtype} constants cannot be written as values")
+    want = to_dtype(dtype)
+    for x in values:
+        _check_scalar(x, dtype, want)
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=want)
+
+
+def _check_scalar(x, dtype: str, want) -> None:
+    if dtype == "bool":
+        if not isinstance(x, bool):
+            raise ValueError(f"{_show(x)} is not a bool (True or False)")
+        return
+    if isinstance(x, bool):
+        raise ValueError(f"{x} is not a {dtype} value")
+    if dtype.startswith(("i", "u")):
+        if not isinstance(x, int):
+            raise ValueError(f"{_show(x)} is not an integer ({dtype})")
+        info = np.iinfo(want)
+        if not info.min <= x <= info.max:
+            raise ValueError(f"{_show(x)} is out of the range of {dtype} [{info.min}, {info.max}]")
+        return
+    parts = (x.real, x.imag) if isinstance(x, complex) else (x,)
+    if isinstance(x, complex) and not dtype.startswith("c"):
+        raise ValueError(f"{x} is complex, not a {dtype} value")
+    part_dtype = np.float64 if dtype == "c128" else np.float32 if dtype == "c64" else want
+    for part in parts:
+        try:
+            f = float(part)
+        except OverflowError:
+            raise ValueError(f"{_show(part)} overflows {dtype}") from None
+        with np.errstate(over="ignore"):
+            if math.isfinite(f) and not np.isfinite(np.asarray(f, dtype=part_dtype)):
+                raise ValueError(f"{_show(part)} overflows {dtype}")
+
+
+def dim_expression(text: str):
+    """The canonical form of the dim expression ``text``; DimError (with the column) when
+    it is malformed, nests deeper than MAX_NESTING or holds an integer no dim can be."""
+    if paren_depth(text) > MAX_NESTING:
+        raise DimError(f"nests deeper than {MAX_NESTING} levels", text, 1)
+    big = re.search(r"[0-9]{20,}", text)
+    if big:
+        raise DimError(f"an integer of {len(big.group())} digits", text, big.start() + 1)
+    try:
+        return canonical_dim(text)
+    except RecursionError:
+        raise DimError("nested too deeply", text, 1) from None
+
+
+def paren_depth(text: str) -> int:
+    """How deep the parentheses of ``text`` nest."""
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
+
+
+def _show(x) -> str:
+    """A value for a message, long ones cut short."""
+    text = str(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 _DTYPE = re.compile(r"key<[a-z]+>|[a-z][a-z0-9]*")
 
 
@@ -125,10 +216,30 @@ class _Cursor:
             self.error(f"unexpected {self.text[self.pos:self.pos + 12]!r}")
 
 
+def _show_token(tok: str) -> str:
+    return repr(tok if len(tok) <= 40 else tok[:37] + "...")
+
+
+class _Nesting:
+    """One level of nesting (see ``_Parser.nested``)."""
+
+    def __init__(self, parser: "_Parser", cur: _Cursor):
+        self.parser, self.cur = parser, cur
+
+    def __enter__(self):
+        self.parser.depth += 1
+        if self.parser.depth > MAX_NESTING:
+            self.cur.error(f"nesting deeper than {MAX_NESTING} levels")
+
+    def __exit__(self, *exc):
+        self.parser.depth -= 1
+
+
 class _Parser:
     def __init__(self, text: str, sidecar=None):
         self.lines = text.split("\n")
         self.i = 0
+        self.depth = 0  # nesting of regions, attribute tuples and output trees
         self.scopes: list[dict[str, Value]] = [{}]
         self.sidecar = sidecar  # hash -> array (a Mapping, or a _Sidecar file)
 
@@ -183,15 +294,23 @@ class _Parser:
         tok = cur.text[start:j].strip()
         if not tok:
             cur.error("expected a dim (an integer or a symbolic expression) then ',' or ']'")
-        if tok.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", tok):
+            if tok.startswith("-") or len(tok) > 19 or int(tok) > MAX_DIM:
+                cur.error(f"dim {_show_token(tok)} is not a size (0 .. 2**63-1)", start)
             cur.pos = j
             return int(tok)
-        try:
-            d = canonical_dim(tok)
-        except DimError as e:
-            cur.error(f"bad dim {tok!r}: {e.msg}", start + (e.col or 1) - 1)
+        d = self.dim_expr(cur, tok, start)
+        if isinstance(d, int) and not 0 <= d <= MAX_DIM:
+            cur.error(f"dim {_show_token(tok)} = {d} is not a size (0 .. 2**63-1)", start)
         cur.pos = j
         return d
+
+    def dim_expr(self, cur: _Cursor, tok: str, start: int):
+        """The canonical form of the dim expression ``tok`` (at column ``start`` + 1)."""
+        try:
+            return dim_expression(tok)
+        except DimError as e:
+            cur.error(f"bad dim {_show_token(tok)}: {e.msg}", start + (e.col or 1) - 1)
 
     def typed_name(self, cur: _Cursor) -> tuple[str, int, TensorType]:
         cur.ws()
@@ -215,8 +334,12 @@ class _Parser:
         return self.number(cur)
 
     def number(self, cur: _Cursor):
+        start = cur.pos
         tok = cur.match(_NUMBER, "a number")
-        if re.fullmatch(r"-?\d+", tok):
+        if re.fullmatch(r"-?[0-9]+", tok):
+            if len(tok) > _MAX_DIGITS:
+                cur.error(f"integer {_show_token(tok)} has {len(tok)} digits: no dtype holds it",
+                          start)
             return int(tok)
         return float(tok)
 
@@ -227,16 +350,8 @@ class _Parser:
             return self.string(cur)
         if c == "(":
             cur.pos += 1
-            items = []
-            if cur.accept(")"):
-                return ()
-            while True:
-                items.append(self.attr(cur))
-                if cur.accept(")"):
-                    return tuple(items)
-                cur.expect(",")
-                if cur.accept(")"):
-                    return tuple(items)
+            with self.nested(cur):
+                return self.attr_tuple(cur)
         if c == "-" or c.isdigit() or cur.peek("inf") or cur.peek("nan"):
             return self.number(cur)
         start = cur.pos
@@ -255,6 +370,7 @@ class _Parser:
             if depth:
                 cur.error("unclosed dim(")
             expr = cur.text[cur.pos:j - 1]
+            self.dim_expr(cur, expr, cur.pos)
             cur.pos = j
             return SymDim(expr)
         if ident == "key" and cur.peek("<"):
@@ -266,18 +382,35 @@ class _Parser:
         if cur.text.startswith("(", cur.pos):
             cur.pos += 1
             fields = []
-            if not cur.accept(")"):
-                while True:
-                    key = cur.match(_IDENT, "a field name")
-                    cur.expect("=")
-                    fields.append((key, self.attr(cur)))
-                    if cur.accept(")"):
-                        break
-                    cur.expect(",")
+            with self.nested(cur):
+                if not cur.accept(")"):
+                    while True:
+                        key = cur.match(_IDENT, "a field name")
+                        cur.expect("=")
+                        fields.append((key, self.attr(cur)))
+                        if cur.accept(")"):
+                            break
+                        cur.expect(",")
             return Record(ident, tuple(fields))
         if ident in DTYPE_NAMES:
             return DType(ident)
         return SymDim(ident)
+
+    def attr_tuple(self, cur: _Cursor) -> tuple:
+        items = []
+        if cur.accept(")"):
+            return ()
+        while True:
+            items.append(self.attr(cur))
+            if cur.accept(")"):
+                return tuple(items)
+            cur.expect(",")
+            if cur.accept(")"):
+                return tuple(items)
+
+    def nested(self, cur: _Cursor) -> "_Nesting":
+        """``with self.nested(cur):`` around a nested structure; refuses MAX_NESTING+1 levels."""
+        return _Nesting(self, cur)
 
     def string(self, cur: _Cursor) -> str:
         cur.expect('"')
@@ -302,7 +435,11 @@ class _Parser:
         if cur.accept("}"):
             return out
         while True:
+            cur.ws()
+            pos = cur.pos
             key = cur.match(_IDENT, "an attribute name")
+            if key in out:
+                cur.error(f"attribute {key!r} is given twice", pos)
             cur.expect("=")
             out[key] = self.attr(cur)
             if cur.accept("}"):
@@ -320,7 +457,11 @@ class _Parser:
         dtype = cur.match(_DTYPE, "a dtype")
         if dtype not in DTYPE_NAMES:
             cur.error(f"unknown dtype {dtype!r}", start)
-        return Value(TensorType((), dtype), data=np.asarray(x, dtype=to_dtype(dtype)))
+        try:
+            data = scalar_array([x], dtype).reshape(())
+        except ValueError as e:
+            cur.error(f"bad constant: {e}", pos)
+        return Value(TensorType((), dtype), data=data)
 
     # -- graph -----------------------------------------------------------------
     def graph(self) -> Graph:
@@ -378,6 +519,8 @@ class _Parser:
                 g.nodes.append(self.node(cur))
 
     def const_data(self, cur: _Cursor, t: TensorType):
+        cur.ws()
+        start = cur.pos
         if cur.accept("elided<"):
             pos = cur.pos
             digest = cur.match(re.compile(r"[0-9a-f]+"), "a hex digest")
@@ -394,10 +537,13 @@ class _Parser:
                     break
                 cur.expect(",")
         cur.expect(">")
-        size = int(np.prod([d for d in t.shape if isinstance(d, int)]))
+        size = math.prod(d for d in t.shape if isinstance(d, int))
         if len(vals) != size or not t.is_static:
             cur.error(f"dense constant has {len(vals)} values for type {t}")
-        return np.asarray(vals, dtype=to_dtype(t.dtype)).reshape(t.shape)
+        try:
+            return scalar_array(vals, t.dtype).reshape(t.shape)
+        except ValueError as e:
+            cur.error(f"bad constant: {e}", start)
 
     def restore(self, cur: _Cursor, digest: str, t: TensorType, pos: int):
         """The data of ``elided<digest>`` from the sidecar, checked against type and hash."""
@@ -407,10 +553,11 @@ class _Parser:
             cur.error(f"elided<{digest}> is not in the sidecar", pos)
         a = np.asarray(a)
         want = to_dtype(t.dtype)
+        size = math.prod(t.shape) if t.is_static else -1
         if a.dtype != want and a.dtype == np.uint8 and t.is_static:  # stored as its bytes
-            if a.size == want.itemsize * int(np.prod(t.shape, dtype=np.int64)):
+            if a.size == want.itemsize * size:
                 a = np.ascontiguousarray(a).reshape(-1).view(want)
-        if a.dtype != want or not t.is_static or a.size != int(np.prod(t.shape, dtype=np.int64)):
+        if a.dtype != want or not t.is_static or a.size != size:
             cur.error(f"the sidecar holds {a.dtype}{list(a.shape)} for elided<{digest}>, "
                       f"the constant is {t}", pos)
         a = a.reshape(t.shape)
@@ -466,6 +613,10 @@ class _Parser:
     def region(self) -> Region:
         cur = self.line()
         cur.expect("^(")
+        with self.nested(cur):
+            return self.region_body(cur)
+
+    def region_body(self, cur: _Cursor) -> Region:
         self.scopes.append({})
         args = []
         if not cur.accept(")"):
@@ -497,9 +648,14 @@ class _Parser:
     def out_tree(self, cur: _Cursor):
         if cur.at_end():
             return [], jax.tree_util.tree_structure(())
+        start = cur.pos
         first = self.tree_expr(cur)
         if cur.at_end():
-            leaves, tree = jax.tree_util.tree_flatten(first, is_leaf=lambda x: isinstance(x, _Leaf))
+            try:
+                leaves, tree = jax.tree_util.tree_flatten(
+                    first, is_leaf=lambda x: isinstance(x, _Leaf))
+            except (TypeError, ValueError) as e:  # e.g. dict keys that do not sort
+                cur.error(f"cannot build the output tree: {e}", start)
             return [x.value for x in leaves], tree
         items = [first]
         while cur.accept(","):
@@ -509,6 +665,10 @@ class _Parser:
         return [x.value for x in items], None
 
     def tree_expr(self, cur: _Cursor):
+        with self.nested(cur):
+            return self.tree_node(cur)
+
+    def tree_node(self, cur: _Cursor):
         cur.ws()
         if cur.peek("%") or _NUMBER.match(cur.text, cur.pos) or re.match(r"(True|False):", cur.text[cur.pos:]):
             return _Leaf(self.operand(cur))
@@ -529,7 +689,11 @@ class _Parser:
         if cur.accept("{"):
             out = {}
             while not cur.accept("}"):
+                cur.ws()
+                pos = cur.pos
                 key = self.attr(cur)
+                if key in out:
+                    cur.error(f"key {format_attr(key)} is given twice", pos)
                 cur.expect(":")
                 out[key] = self.tree_expr(cur)
                 if not cur.accept(","):
@@ -550,21 +714,31 @@ class _Parser:
 
 
 class _Sidecar:
-    """The tensors of a safetensors sidecar file, read when asked for."""
+    """The tensors of a safetensors sidecar file (hash -> array), read and checked once.
+
+    The file is opened without blocking and checked on the open descriptor (a regular
+    file), so a FIFO or a device is refused rather than waited on."""
 
     def __init__(self, path):
-        from safetensors import safe_open
         self.path = os.fspath(path)
         try:
-            self.file = safe_open(self.path, framework="numpy")
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            self.tensors = _read_safetensors(self.path)
+        except NnxcError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OS errors, safetensors' own error types
             raise NnxcError(f"cannot read the constants sidecar {self.path}: {e}") from None
-        self.keys = set(self.file.keys())
 
     def __getitem__(self, key: str):
-        if key not in self.keys:
-            raise KeyError(key)
-        return self.file.get_tensor(key)
+        return self.tensors[key]
+
+
+def _read_safetensors(path: str) -> dict:
+    from safetensors.numpy import load
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NnxcError(f"cannot read the constants sidecar {path}: not a regular file")
+        return load(f.read())
 
 
 def parse(text: str, sidecar=None) -> Graph:

@@ -83,20 +83,8 @@ def _block(nodes: list[Node], defined: set, env: dict, check_types: bool) -> Non
                 check_attr(a)
             except TypeError as e:
                 raise VerifyError(_describe(node, f"attribute {k}: {e}")) from None
-        sig = _signature(node) if check_types else None
-        if check_types and sig not in _CHECKED:  # the node's own rule first: it checks regions
-            try:
-                want = infer(node, [v.type for v in node.inputs], env)
-            except ShapeError as e:
-                raise VerifyError(_describe(node, str(e))) from None
-            got = [v.type for v in node.outputs]
-            if want != got:
-                raise VerifyError(_describe(node, "output types (" + ", ".join(map(str, got))
-                                            + ") but the op's rule gives ("
-                                            + ", ".join(map(str, want)) + ")"))
-            if len(_CHECKED) > _LIMIT:
-                _CHECKED.clear()
-            _CHECKED.add(sig)
+        if check_types:  # the node's own rule first: it checks regions
+            _check_types(node, env)
         for region in node.regions:
             _region(node, region, defined, env, check_types)
         for v in node.outputs:
@@ -105,6 +93,34 @@ def _block(nodes: list[Node], defined: set, env: dict, check_types: bool) -> Non
             if v.producer is not node:
                 raise VerifyError(_describe(node, "an output's producer is another node"))
             defined.add(id(v))
+
+
+def _check_types(node: Node, env: dict) -> None:
+    """The node's output types are what its op's shape rule gives (once per signature)."""
+    sig = _signature(node)
+    if sig in _CHECKED:
+        return
+    try:
+        want = infer(node, [v.type for v in node.inputs], env)
+    except ShapeError as e:
+        raise VerifyError(_describe(node, str(e))) from None
+    except Exception as e:  # noqa: BLE001 - a rule meeting a malformed node (a missing or
+        # mistyped attribute, a wrong number of regions, a bad dim) fails in its own way
+        raise VerifyError(_describe(node, f"malformed {node.op} node ({_reason(e)})")) from None
+    got = [v.type for v in node.outputs]
+    if want != got:
+        raise VerifyError(_describe(node, "output types (" + ", ".join(map(str, got))
+                                    + ") but the op's rule gives ("
+                                    + ", ".join(map(str, want)) + ")"))
+    if len(_CHECKED) > _LIMIT:
+        _CHECKED.clear()
+    _CHECKED.add(sig)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"missing attribute {e.args[0]!r}" if e.args else "a missing attribute"
+    return f"{type(e).__name__}: {e}"
 
 
 def _region(node: Node, region: Region, outer: set, env: dict, check_types: bool) -> None:

@@ -31,9 +31,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import json
+import math
 import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import jax
@@ -43,7 +47,8 @@ from .._version import __version__
 from ..errors import NnxcError
 from ..ir.graph import Graph
 from ..backends.xla.lower import updated_paths
-from ..ir.types import _KEY_IMPLS, dtype_name, is_plain_symbol, to_dtype
+from ..ir.parser import dim_expression
+from ..ir.types import _KEY_IMPLS, DTYPE_NAMES, DimError, dtype_name, is_plain_symbol, to_dtype
 from . import artifact_format as fmt
 from .artifact_format import ArtifactError
 
@@ -260,14 +265,16 @@ def load(path: str | os.PathLike) -> "Artifact":
     """Read and verify an artifact; the result runs it on the current platform.
 
     The file is memory-mapped and read in place: the weights are copied once, into the
-    JAX arrays of ``Artifact.state``, and the mapping is closed before returning.
+    JAX arrays of ``Artifact.state``, and the mapping is closed before returning. Every
+    check runs here, before anything can run (see ``Artifact``): a broken, edited or
+    crafted file raises ArtifactError naming the file, the place and what is wrong.
     """
     with fmt.mapped(path) as art:
         try:
             return Artifact(art.manifest, art.sections, art.release)
         except ArtifactError as e:
             raise ArtifactError(f"{os.fspath(path)}: {e}") from None
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # a check missing above
             raise ArtifactError(f"{os.fspath(path)}: malformed manifest "
                                 f"({type(e).__name__}: {e})") from None
 
@@ -282,27 +289,28 @@ class Artifact:
 
     def __init__(self, manifest: dict, sections: dict, release=None):
         """``sections``: name -> bytes-like; ``release(name, start, end)``, if given, is
-        told which byte ranges of a section have been read (see ``artifact_format.mapped``)."""
+        told which byte ranges of a section have been read (see ``artifact_format.mapped``).
+
+        Everything is checked here, before anything can run: the manifest on its own
+        (``check_manifest``), the exported module (``check_module``: no custom call nnxc
+        does not emit, no effects), the exported signature against the manifest, and the
+        weights against both."""
         self.manifest = manifest
+        spec = check_manifest(manifest)
+        missing = [n for n in ("exported", "weights") if n not in sections]
+        if missing:
+            raise ArtifactError(f"the artifact has no {' and no '.join(missing)} section")
         try:  # a copy: jax's deserialize can leave references to its input in a cycle
             self.exported = jax.export.deserialize(bytearray(sections["exported"]))
         except Exception as e:  # noqa: BLE001 - flatbuffer / version errors
             raise ArtifactError(f"cannot deserialize the exported function: {e}") from None
-        variables = manifest["variables"]
-        self._var_paths = [v["path"] for v in variables if not v["new"]]
-        self._returned = list(manifest["returned_state"])
-        self._inputs = [(i["name"], tuple(i["shape"]), i["dtype"], to_dtype(i["dtype"]))
-                        for i in manifest["inputs"]]
-        n_in, n_out = len(self.exported.in_avals), len(self.exported.out_avals)
-        if (n_in, n_out) != (len(self._var_paths) + len(self._inputs),
-                             len(manifest["outputs"]) + len(self._returned)):
-            raise ArtifactError(f"the exported function takes {n_in} arrays and returns "
-                                f"{n_out}, which does not fit the manifest's "
-                                f"{len(self._var_paths)} variables, {len(self._inputs)} "
-                                f"inputs, {len(manifest['outputs'])} outputs and "
-                                f"{len(self._returned)} updated variables")
+        check_module(self.exported)
+        check_signature(self.exported, spec)
+        self._var_paths = spec.var_paths
+        self._returned = spec.returned
+        self._inputs = [(n, tuple(s), d, to_dtype(d)) for n, s, d in spec.inputs]
         self.state = _read_weights(
-            sections["weights"], manifest, variables,
+            sections["weights"], manifest, manifest["variables"],
             None if release is None else functools.partial(release, "weights"))
         self._var_structs = [jax.ShapeDtypeStruct(self.state[p].shape, self.state[p].dtype)
                              for p in self._var_paths]
@@ -442,6 +450,424 @@ def _type_text(dtype) -> str:
         return str(dtype)
 
 
+# -- checking the manifest -------------------------------------------------------------
+#
+# ``load`` checks every field it uses before using any, so a manifest that was edited (and
+# re-hashed) fails at ``load`` with the field's place, never later when called.
+
+_TREE_DEPTH = 100  # output / input trees nest at most this deep
+
+
+@dataclasses.dataclass
+class ManifestSpec:
+    """What ``load`` takes from a checked manifest."""
+
+    inputs: list  # (name, shape, dtype) of each input array
+    outputs: list  # (name, shape, dtype) of each output array
+    variables: dict  # path -> the manifest's variable entry
+    var_paths: list  # the variables the exported function takes, in order
+    returned: list  # the variables it returns a new value for, in order
+
+
+def _bad(where: str, why: str):
+    raise ArtifactError(f"malformed manifest: {where}: {why}")
+
+
+def _field(obj: dict, key: str, types, where: str):
+    if key not in obj:
+        _bad(where or "the manifest", f"no {key!r} field")
+    x = obj[key]
+    if not isinstance(x, types) or (isinstance(x, bool) and bool not in _as_tuple(types)):
+        _bad(f"{where}.{key}" if where else key,
+             f"expected {_type_names(types)}, got {type(x).__name__} {_short(x)}")
+    return x
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_names(types) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+             bool: "true or false", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in _as_tuple(types))
+
+
+def _short(x) -> str:
+    text = json.dumps(x) if not isinstance(x, (bytes, bytearray)) else repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_dtype(x, where: str) -> str:
+    if not isinstance(x, str) or x not in DTYPE_NAMES:
+        _bad(where, f"unknown dtype {_short(x)}")
+    return x
+
+
+def _check_shape(x, where: str) -> list:
+    if not isinstance(x, list):
+        _bad(where, f"expected a list of dims, got {_short(x)}")
+    for i, d in enumerate(x):
+        if isinstance(d, bool) or not isinstance(d, (int, str)):
+            _bad(f"{where}[{i}]", f"expected an integer or a dim expression, got {_short(d)}")
+        if isinstance(d, int) and d < 0:
+            _bad(f"{where}[{i}]", f"negative dim {d}")
+        if isinstance(d, str):
+            try:
+                dim_expression(d)
+            except DimError as e:
+                _bad(f"{where}[{i}]", f"not a dim expression: {_short(d)} ({e.msg})")
+    return x
+
+
+def _check_specs(manifest: dict, key: str) -> list:
+    out, names = [], set()
+    for i, x in enumerate(_field(manifest, key, list, "")):
+        where = f"{key}[{i}]"
+        if not isinstance(x, dict):
+            _bad(where, f"expected an object, got {_short(x)}")
+        name = _field(x, "name", str, where)
+        if name in names:
+            _bad(f"{where}.name", f"{name!r} is used twice")
+        names.add(name)
+        out.append((name, _check_shape(x.get("shape"), f"{where}.shape"),
+                    _check_dtype(x.get("dtype"), f"{where}.dtype")))
+    return out
+
+
+def _check_variables(manifest: dict) -> dict:
+    out = {}
+    for i, v in enumerate(_field(manifest, "variables", list, "")):
+        where = f"variables[{i}]"
+        if not isinstance(v, dict):
+            _bad(where, f"expected an object, got {_short(v)}")
+        path = _field(v, "path", str, where)
+        if path in out:
+            _bad(f"{where}.path", f"variable {path!r} is listed twice")
+        _field(v, "kind", str, where)
+        _field(v, "new", bool, where)
+        _field(v, "updated", bool, where)
+        _field(v, "meta", dict, where)
+        _check_shape(v.get("shape"), f"{where}.shape")
+        _check_dtype(v.get("dtype"), f"{where}.dtype")
+        out[path] = v
+    return out
+
+
+def _check_returned(manifest: dict, variables: dict) -> list:
+    returned = _field(manifest, "returned_state", list, "")
+    for i, p in enumerate(returned):
+        where = f"returned_state[{i}]"
+        if not isinstance(p, str) or p not in variables:
+            _bad(where, f"{_short(p)} is not a variable")
+        if not variables[p]["updated"]:
+            _bad(where, f"variable {p!r} is returned but not marked updated")
+    if len(set(returned)) != len(returned):
+        _bad("returned_state", "a variable is returned twice")
+    unreturned = [p for p, v in variables.items() if v["updated"] and p not in returned]
+    if unreturned:
+        _bad("returned_state", f"updated variable {unreturned[0]!r} is not returned")
+    return list(returned)
+
+
+def _key_data_shape(dtype: str) -> tuple:
+    """The trailing shape of ``jax.random.key_data`` of a key dtype (``key<fry>`` -> (2,))."""
+    return tuple(jax.eval_shape(lambda: jax.random.key_data(
+        jax.random.key(0, impl=_KEY_IMPLS[dtype[4:-1]]))).shape)
+
+
+def _check_weights(manifest: dict, variables: dict) -> None:
+    weights = _field(manifest, "weights", dict, "")
+    for path, v in variables.items():
+        where = f"weights[{path!r}]"
+        if v["new"]:
+            continue
+        w = weights.get(path)
+        if not isinstance(w, dict):
+            _bad(where, f"no stored spec for variable {path!r}")
+        dtype = _check_dtype(w.get("dtype"), f"{where}.dtype")
+        shape = _check_shape(w.get("shape"), f"{where}.shape")
+        want_dtype, want_shape, note = v["dtype"], list(v["shape"]), ""
+        if want_dtype.startswith("key<"):
+            want_dtype, want_shape = "u32", want_shape + list(_key_data_shape(want_dtype))
+            note = f", stored as its key data {want_dtype}{want_shape}"
+        if (dtype, shape) != (want_dtype, want_shape):
+            _bad(where, f"weight {path!r} is stored as {dtype}{shape}, the variable is "
+                        f"{v['dtype']}{v['shape']}{note}")
+    extra = sorted(set(weights) - {p for p, v in variables.items() if not v["new"]})
+    if extra:
+        _bad("weights", f"{extra[0]!r} is not a variable the function takes")
+
+
+def check_tree(spec, n: int, where: str) -> None:
+    """Raise ArtifactError unless ``spec`` (a manifest tree) is well formed and uses each
+    leaf index 0 .. n-1 exactly once."""
+    seen: set[int] = set()
+    todo = [(spec, where, 0)]
+    while todo:
+        node, at, depth = todo.pop()
+        if depth > _TREE_DEPTH:
+            _bad(at, f"the tree nests deeper than {_TREE_DEPTH} levels")
+        if node is None:
+            continue
+        if isinstance(node, int) and not isinstance(node, bool):
+            if not 0 <= node < n or node in seen:
+                _bad(at, f"leaf {node} is out of range or used twice ({n} leaves)")
+            seen.add(node)
+            continue
+        todo.extend((child, f"{at}{key}", depth + 1)
+                    for key, child in _tree_children(node, at))
+    if len(seen) != n:
+        _bad(where, f"{n - len(seen)} of the {n} leaves are missing")
+
+
+def _tree_children(node, at: str) -> list:
+    """(label, child) pairs of a tree node other than a leaf or None."""
+    if not isinstance(node, dict):
+        _bad(at, f"not a tree node: {_short(node)}")
+    kind = [k for k in ("tuple", "list", "dict", "namedtuple") if k in node]
+    allowed = {"tuple": {"tuple"}, "list": {"list"}, "dict": {"dict", "class"},
+               "namedtuple": {"namedtuple", "fields", "items"}}
+    if len(kind) != 1 or set(node) - allowed[kind[0]]:
+        _bad(at, f"not a tree node: {_short(node)}")
+    kind = kind[0]
+    if kind in ("tuple", "list"):
+        return [(f".{kind}[{i}]", c) for i, c in enumerate(_field(node, kind, list, at))]
+    if kind == "dict":
+        if "class" in node:
+            _field(node, "class", str, at)
+        items, keys = _field(node, "dict", list, at), set()
+        for i, item in enumerate(items):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (str, int))
+                    and not isinstance(item[0], bool)):
+                _bad(f"{at}.dict[{i}]", f"expected [key, tree], got {_short(item)}")
+            if item[0] in keys:
+                _bad(f"{at}.dict[{i}]", f"key {item[0]!r} is used twice")
+            keys.add(item[0])
+        return [(f"[{k!r}]", c) for k, c in items]
+    name, fields = _field(node, "namedtuple", str, at), _field(node, "fields", list, at)
+    items = _field(node, "items", list, at)
+    try:
+        _namedtuple(name, tuple(fields))
+    except (ValueError, TypeError) as e:
+        _bad(at, f"not a namedtuple: {e}")
+    if len(items) != len(fields):
+        _bad(at, f"{len(items)} items for {len(fields)} fields")
+    return [(f".{f}", c) for f, c in zip(fields, items)]
+
+
+def check_manifest(manifest: dict) -> ManifestSpec:
+    """Check every manifest field ``load`` and the call use; ArtifactError names the first
+    bad field (``outputs[2].shape[0]``) and says what is wrong with it."""
+    inputs, outputs = _check_specs(manifest, "inputs"), _check_specs(manifest, "outputs")
+    variables = _check_variables(manifest)
+    returned = _check_returned(manifest, variables)
+    _check_weights(manifest, variables)
+    check_tree(manifest.get("input_tree"), len(inputs), "input_tree")
+    check_tree(manifest.get("output_tree"), len(outputs), "output_tree")
+    var_paths = [p for p, v in variables.items() if not v["new"]]
+    return ManifestSpec(inputs, outputs, variables, var_paths, returned)
+
+
+# -- checking the exported function ------------------------------------------------------
+
+# The custom-call targets an artifact may use: what nnxc itself emits. Every zoo model
+# (tests/zoo.py, saved for cpu, cuda, rocm and tpu) uses shape_assertion only; sharded
+# models add the sharding annotations; the JAX linear-algebra primitives nnxc binds as
+# core ops (cholesky, qr, eigh, svd, lu, triangular_solve, ...) lower to these kernels.
+# Anything else -- above all the host-callback targets (xla_ffi_python_cpu_callback, ...),
+# whose operands are pointers into the process that exported them -- is refused.
+ALLOWED_CUSTOM_CALLS = frozenset({
+    "shape_assertion",
+    "Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape",
+    *(f"lapack_{t}{op}_ffi" for t in "sdcz" for op in (
+        "potrf", "geqrf", "geev", "gesdd", "getrf", "gehrd", "gees", "trsm", "gtsv")),
+    *(f"lapack_{t}{op}_ffi" for t in "sd" for op in ("orgqr", "syevd", "sytrd")),
+    *(f"lapack_{t}{op}_ffi" for t in "cz" for op in ("ungqr", "heevd", "hetrd")),
+    *(f"{lib}_{op}_ffi" for lib in ("cusolver", "hipsolver") for op in (
+        "getrf", "geqrf", "orgqr", "potrf", "syevd", "gesvd", "gesvdj", "sytrd")),
+    "hipsolver_gesdd_ffi", "cusparse_gtsv2_ffi",
+    "cu_lu_pivots_to_permutation", "hip_lu_pivots_to_permutation",
+    "cu_threefry2x32_ffi", "hip_threefry2x32_ffi",
+    "Eigh", "Qr", "ProductOfElementaryHouseholderReflectors", "LuDecomposition",
+})
+# ops that move data to or from the host: nnxc never emits them
+REFUSED_OPS = frozenset({"stablehlo.send", "stablehlo.recv", "stablehlo.infeed",
+                         "stablehlo.outfeed"})
+
+
+def module_problems(exported) -> list[str]:
+    """What in ``exported``'s StableHLO module nnxc refuses to run: custom calls to
+    targets not in ALLOWED_CUSTOM_CALLS and host-transfer ops, each with its function and
+    source location.
+
+    The serialized module is read, never run, and read in a child process: MLIR's bytecode
+    reader loops forever or crashes on some malformed (crafted) modules, and neither may
+    take nnxc down. A module read clean once is not read again in this process."""
+    blob = exported.mlir_module_serialized
+    digest = hashlib.sha256(blob).digest()
+    if digest in _CLEAN_MODULES:
+        return []
+    timeout = _READ_TIMEOUT + len(blob) / _READ_RATE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _MODULE_READER, json.dumps(sys.path),
+             json.dumps(sorted(ALLOWED_CUSTOM_CALLS)), json.dumps(sorted(REFUSED_OPS))],
+            input=blob, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(f"reading the exported StableHLO module did not finish within "
+                            f"{timeout:.0f} s: the module is malformed") from None
+    result = _reader_result(proc)
+    if "error" in result:
+        raise ArtifactError(f"cannot read the exported StableHLO module: {result['error']}")
+    problems = [str(p) for p in result.get("problems", [])]
+    if not problems:
+        if len(_CLEAN_MODULES) > 1000:
+            _CLEAN_MODULES.clear()
+        _CLEAN_MODULES.add(digest)
+    return problems
+
+
+def _reader_result(proc) -> dict:
+    """The JSON line the module reader printed (ArtifactError when it died or printed none)."""
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith(_RESULT_MARK):
+            return json.loads(line[len(_RESULT_MARK):])
+    if proc.returncode < 0:
+        raise ArtifactError(f"reading the exported StableHLO module crashed the reader "
+                            f"(signal {-proc.returncode}): the module is malformed")
+    last = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    raise ArtifactError(f"cannot read the exported StableHLO module (the reader exited with "
+                        f"code {proc.returncode}: {last[0][:300]})")
+
+
+_CLEAN_MODULES: set[bytes] = set()  # sha256 of modules read without problems
+_READ_TIMEOUT, _READ_RATE = 20.0, 5e6  # seconds, plus one per this many bytes
+_RESULT_MARK = "nnxc-module-check: "
+# The child process: reads the module's bytecode from stdin, walks its operations, prints
+# one line "nnxc-module-check: {"problems": [...]}" (or {"error": ...}). Its argv: the
+# parent's sys.path, the allowed custom-call targets, the refused op names.
+_MODULE_READER = r"""
+import json, sys
+sys.path[:] = json.loads(sys.argv[1])
+allowed, refused = set(json.loads(sys.argv[2])), set(json.loads(sys.argv[3]))
+try:
+    from jaxlib import _jax
+    from jaxlib.mlir import ir
+    deserialize = _jax.mlir.deserialize_portable_artifact
+except (ImportError, AttributeError):
+    import jax
+    from jax.extend import mlir as jmlir
+    from jax.extend.mlir import ir
+    deserialize = jmlir.deserialize_portable_artifact
+MARK = "nnxc-module-check: "
+problems, diagnostics = [], []
+
+def diagnose(d):  # MLIR's messages go into the error, not to stderr
+    try:
+        diagnostics.append(f"{d.message} at {d.location}")
+    except Exception:
+        diagnostics.append("(a diagnostic that is not text)")
+    return True
+
+def place(op):
+    func, parent = "?", op.parent
+    while parent is not None:
+        if parent.name == "func.func":
+            func = str(parent.attributes["sym_name"]).strip('"')
+            break
+        parent = parent.parent
+    loc = str(op.location)
+    return f"in @{func} at {loc if len(loc) <= 160 else loc[:157] + '...'}"
+
+def visit(op):
+    if op.name == "stablehlo.custom_call":
+        try:
+            target = ir.StringAttr(op.attributes["call_target_name"]).value
+        except (KeyError, ValueError):
+            target = None
+        if target not in allowed:
+            what = repr(target) if target is not None else "an unreadable target"
+            problems.append(f"a custom call to {what} {place(op)}")
+    elif op.name in refused:
+        problems.append(f"a host transfer ({op.name}) {place(op)}")
+    return ir.WalkResult.ADVANCE
+
+with ir.Context() as ctx:
+    ctx.attach_diagnostic_handler(diagnose)
+    try:
+        module = deserialize(sys.stdin.buffer.read(), ctx)
+    except Exception as e:
+        print(MARK + json.dumps({"error": "; ".join(diagnostics[:2]) or str(e)}))
+        sys.exit(0)
+    module.operation.walk(visit)
+print(MARK + json.dumps({"problems": problems}))
+"""
+
+
+def check_module(exported) -> None:
+    """Refuse an exported function that could reach host code: effects, custom calls nnxc
+    does not emit, host transfers (see ``module_problems``)."""
+    effects = [*exported.ordered_effects, *exported.unordered_effects]
+    if effects:
+        raise ArtifactError(f"the exported function has effects ({', '.join(map(str, effects))}); "
+                            "nnxc never exports effects (they are host callbacks, prints or "
+                            "I/O), so this artifact was not made by nnxc.save; refusing to load it")
+    problems = module_problems(exported)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ArtifactError(f"the exported module makes {problems[0]}{more}, which nnxc never "
+                            "emits: a custom call or host transfer can reach host code, so "
+                            "artifacts may only use shape assertions, sharding annotations "
+                            "and JAX's linear-algebra kernels; refusing to load it")
+
+
+def check_signature(exported, spec: ManifestSpec) -> None:
+    """The exported function takes the manifest's variables and inputs and returns its
+    outputs and updated variables: same structure, counts, dtypes and shapes."""
+    nv, ni, no, nr = len(spec.var_paths), len(spec.inputs), len(spec.outputs), len(spec.returned)
+    want_in = jax.tree_util.tree_structure((([0] * nv, [0] * ni), {}))
+    want_out = jax.tree_util.tree_structure(([0] * no, [0] * nr))
+    if exported.in_tree != want_in or exported.out_tree != want_out:
+        raise ArtifactError(f"the exported function takes {exported.in_tree} and returns "
+                            f"{exported.out_tree}, which does not fit the manifest's {nv} "
+                            f"variables, {ni} inputs, {no} outputs and {nr} updated variables")
+    variables = spec.variables
+    wanted_in = [(f"variable {p!r}", variables[p]["shape"], variables[p]["dtype"])
+                 for p in spec.var_paths] + [(f"input {n!r}", s, d) for n, s, d in spec.inputs]
+    wanted_out = [(f"output {n!r}", s, d) for n, s, d in spec.outputs] + \
+        [(f"updated variable {p!r}", variables[p]["shape"], variables[p]["dtype"])
+         for p in spec.returned]
+    for (what, shape, dtype), aval in [*zip(wanted_in, exported.in_avals),
+                                       *zip(wanted_out, exported.out_avals)]:
+        got_dtype = _type_text(aval.dtype)
+        if got_dtype != dtype or not _same_shape(aval.shape, shape):
+            raise ArtifactError(f"the manifest says {what} is {_type_str(dtype, shape)}, the "
+                                f"exported function has {_type_str(got_dtype, aval.shape)}")
+
+
+def _type_str(dtype: str, shape) -> str:
+    """``f32[B,4]``, shortened when long."""
+    dims = ",".join(str(d).replace(" ", "") for d in shape)
+    return f"{dtype}[{dims if len(dims) <= 60 else dims[:57] + '...'}]"
+
+
+def _same_shape(jax_shape, shape: list) -> bool:
+    if len(jax_shape) != len(shape):
+        return False
+    for got, want in zip(jax_shape, shape):
+        if isinstance(want, int) or isinstance(got, int):
+            if not (isinstance(want, int) and isinstance(got, int) and got == want):
+                return False
+        else:
+            try:
+                if dim_expression(str(got)) != dim_expression(want):
+                    return False
+            except DimError:
+                pass  # JAX spells some expressions differently: symbolic on both sides
+    return True
+
+
 def _safetensors_index(data: memoryview) -> tuple[dict, int]:
     """(tensor name -> header entry, offset of the data) of safetensors bytes: an 8-byte
     little-endian header length, the JSON header, then the tensors' bytes."""
@@ -458,14 +884,23 @@ def _safetensors_index(data: memoryview) -> tuple[dict, int]:
     for name, t in header.items():
         if name == "__metadata__":
             continue
-        begin, end = t["data_offsets"]
-        shape = t["shape"]
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= size
-                and isinstance(shape, list) and all(isinstance(d, int) and d >= 0
-                                                    for d in shape)):
-            raise ValueError(f"invalid entry for tensor {name!r}: {t}")
+        if not _is_tensor_entry(t, size):
+            raise ValueError(f"invalid entry for tensor {name!r}: {str(t)[:200]}")
         tensors[name] = t
     return tensors, 8 + n
+
+
+def _is_tensor_entry(t, size: int) -> bool:
+    """A safetensors header entry: a dtype name, a shape, data offsets inside ``size``."""
+    if not (isinstance(t, dict) and isinstance(t.get("dtype"), str)
+            and isinstance(t.get("shape"), list) and isinstance(t.get("data_offsets"), list)
+            and len(t["data_offsets"]) == 2):
+        return False
+    begin, end = t["data_offsets"]
+    return (all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end))
+            and 0 <= begin <= end <= size
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                    for d in t["shape"]))
 
 
 _ALIGN = 64  # XLA's CPU client uses host buffers this aligned in place, others it copies
@@ -485,6 +920,13 @@ def _copy_out(data: memoryview, begin: int, end: int, release=None) -> np.ndarra
         if release is not None:
             release(begin + a, begin + b)
     return out
+
+
+# safetensors dtype names -> IR dtype names
+_SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "u8", "I8": "i8", "U16": "u16", "I16": "i16",
+                       "F16": "f16", "BF16": "bf16", "U32": "u32", "I32": "i32", "F32": "f32",
+                       "U64": "u64", "I64": "i64", "F64": "f64", "C64": "c64",
+                       "F8_E4M3": "f8e4m3fn", "F8_E5M2": "f8e5m2"}
 
 
 def _read_weights(section, manifest: dict, variables: list, release=None) -> dict:
@@ -507,8 +949,9 @@ def _read_weights(section, manifest: dict, variables: list, release=None) -> dic
             raise ArtifactError(f"the weights have no tensor for variable {path!r}")
         dtype, shape = to_dtype(spec["dtype"]), tuple(spec["shape"])
         begin, end = (base + o for o in t["data_offsets"])
-        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)) \
-                or tuple(t["shape"]) != shape:
+        if end - begin != dtype.itemsize * math.prod(shape) \
+                or tuple(t["shape"]) != shape \
+                or _SAFETENSORS_DTYPES.get(t["dtype"]) != spec["dtype"]:
             raise ArtifactError(f"weight {path!r}: stored as {t['dtype']}{t['shape']}, "
                                 f"the manifest says {spec['dtype']}{list(shape)}")
         x = jax.device_put(_copy_out(data, begin, end, release).view(dtype).reshape(shape),

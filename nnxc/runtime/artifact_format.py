@@ -32,6 +32,7 @@ import hashlib
 import json
 import mmap
 import os
+import stat
 import struct
 from typing import Callable
 
@@ -94,13 +95,7 @@ class mapped:
 
     def __init__(self, path: str | os.PathLike):
         self.path = path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"cannot read artifact {path}: "
-                                f"{getattr(e, 'strerror', None) or e}") from None
+        self._mm = _map_regular_file(path)
         self._view = memoryview(self._mm if self._mm is not None else b"")
         self.sections: dict[str, memoryview] = {}
         try:
@@ -146,6 +141,27 @@ class mapped:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _map_regular_file(path: str) -> mmap.mmap | None:
+    """A read-only map of the regular file ``path`` (None when it is empty). The file is
+    opened without blocking and checked on the open descriptor: a FIFO, a device or a
+    folder is refused, never waited on or read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read artifact {path}: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"cannot read artifact {path}: not a regular file")
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else None
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read artifact {path}: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+    finally:
+        os.close(fd)
 
 
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
@@ -201,6 +217,8 @@ def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no
         manifest = json.loads(bytes(text))
     except ValueError as e:
         raise ArtifactError(f"{path}: corrupted artifact (manifest is not JSON: {e})") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: malformed manifest (JSON nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path}: malformed manifest (a JSON {type(manifest).__name__}, "
                             "expected an object)")
@@ -209,13 +227,8 @@ def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no
                             f"manifest says {manifest.get('format_version')!r})")
     base = HEADER_SIZE + mlen
     have = len(data) - base
-    try:
-        want, digest = int(manifest["payload"]["length"]), str(manifest["payload"]["sha256"])
-        layout = {str(k): (int(v["offset"]), int(v["length"]))
-                  for k, v in manifest["sections"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ArtifactError(f"{path}: malformed manifest (no valid payload/sections entry: "
-                            f"{type(e).__name__}: {e})") from None
+    want, digest = _payload_entry(path, manifest)
+    layout = _sections_entry(path, manifest)
     if have < want:
         raise ArtifactError(f"{path}: truncated artifact (file has {len(data)} bytes, expected "
                             f"{base + want})")
@@ -231,6 +244,34 @@ def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no
             raise ArtifactError(f"{path}: corrupted artifact (section {name!r} out of bounds)")
         sections[name] = (base + start, length)
     return manifest, sections
+
+
+def _is_size(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _payload_entry(path: str, manifest: dict) -> tuple[int, str]:
+    """(length, sha256 hex) of the manifest's ``payload`` entry."""
+    p = manifest.get("payload")
+    if not (isinstance(p, dict) and _is_size(p.get("length")) and isinstance(p.get("sha256"), str)):
+        raise ArtifactError(f"{path}: malformed manifest (payload: expected "
+                            f"{{\"length\": bytes, \"sha256\": hex}}, got {str(p)[:80]})")
+    return p["length"], p["sha256"]
+
+
+def _sections_entry(path: str, manifest: dict) -> dict[str, tuple[int, int]]:
+    """name -> (offset, length) of the manifest's ``sections`` entry."""
+    secs = manifest.get("sections")
+    if not isinstance(secs, dict):
+        raise ArtifactError(f"{path}: malformed manifest (sections: expected an object, got "
+                            f"{str(secs)[:80]})")
+    layout = {}
+    for name, v in secs.items():
+        if not (isinstance(v, dict) and _is_size(v.get("offset")) and _is_size(v.get("length"))):
+            raise ArtifactError(f"{path}: malformed manifest (sections[{name!r}]: expected "
+                                f"{{\"offset\": bytes, \"length\": bytes}}, got {str(v)[:80]})")
+        layout[name] = (v["offset"], v["length"])
+    return layout
 
 
 # version -> reader(path, file bytes, drop(start, end)) -> (manifest, name -> (offset, length));
