@@ -41,6 +41,7 @@ _PRIM_MODULES = (
     "jax._src.ad_checkpoint", "jax._src.dispatch", "jax._src.core",
     "jax._src.cudnn.fused_attention_stablehlo", "jax._src.nn.functions",
     "jax._src.numpy.lax_numpy", "jax._src.random", "jax._src.callback", "jax._src.debugging",
+    "jax._src.export.shape_poly",  # dim_as_value
 )
 
 

@@ -13,7 +13,7 @@ from nnxc.ir.params import decode_param, encode_param
 def test_primitives_are_found_by_name_public_ones_first():
     from jax.extend.core import primitives as public
     for name in ("add", "dot_general", "scan", "cond", "while", "fft", "lu", "custom_linear_solve",
-                 "random_bits", "threefry2x32", "cumsum", "argmax", "reduce_precision"):
+                 "random_bits", "threefry2x32", "cumsum", "argmax", "reduce_precision", "dim_as_value"):
         assert isinstance(jx.primitive(name), jx.Primitive), name
     assert jx.primitive("add") is public.add_p
     assert all(jx._import(m) is not None for m in jx._PRIM_MODULES)  # the list is current

@@ -94,7 +94,7 @@ def build_initializers(model, weights, consts, path, external_data):
 
 
 def _external_tensors(model, location: str):
-    from ...runtime.onnx_io import all_tensors
+    from .tensors import all_tensors
     for t in all_tensors(model):
         if t.data_location == TensorProto.EXTERNAL:
             for e in t.external_data:

@@ -230,10 +230,10 @@ class Compiled:
     def cost(self, *arg_structs, dims: dict | None = None, depth: int | None = None):
         """FLOPs (with loop trip counts, and XLA's own figure, which counts each loop body
         once), bytes accessed, peak memory and argument/output/temporary sizes, and FLOPs per
-        module: a ``nnxc.runtime.cost.CostReport`` for the given flat input structs, or for
+        module: a ``nnxc.backends.xla.cost.CostReport`` for the given flat input structs, or for
         ``dims`` (sizes of symbolic dims, default 1). ``str(report)`` is a table,
         ``report.to_json()`` JSON."""
-        from ...runtime.cost import cost_report
+        from .cost import cost_report
         return cost_report(self, *arg_structs, dims=dims, depth=depth)
 
     def _example_dims(self) -> dict:

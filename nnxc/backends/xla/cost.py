@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..errors import NnxcError
+from ...errors import NnxcError
 
 SCHEMA = "nnxc-cost"
 VERSION = 1
@@ -75,7 +75,7 @@ class CostReport:
         return json.dumps(self.to_dict(), indent=indent) + "\n"
 
     def format(self) -> str:
-        from ..ir.summary import _bytes, format_module_table
+        from ...ir.summary import _bytes, format_module_table
         at = ", ".join(f"{k}={v}" for k, v in sorted(self.dims.items()))
         lines = [f"cost of {self.graph}" + (f" at {at}" if at else "")]
         head = f"{'':<18} {'with trip counts':>18} {'XLA (loops once)':>18}"
@@ -111,8 +111,8 @@ def cost_report(compiled, *arg_structs, dims: dict | None = None, depth: int | N
     input ShapeDtypeStructs) or at ``dims`` (sizes of the symbolic dims; 1 when not given).
     ``depth``: module path levels of the per-module rows (default 1; 2 for a function of NNX
     objects such as a training step, so rows are ``model.linear1``)."""
-    from ..ir.summary import module_table
-    from ..ir.types import DimError, solve_dims
+    from ...ir.summary import module_table
+    from ...ir.types import DimError, solve_dims
     g = compiled.graph
     if arg_structs:
         structs = list(arg_structs)
@@ -184,7 +184,7 @@ def _body_module(node) -> str:
     """The module most of a loop's body belongs to (``blocks`` for a scanned layer stack)."""
     from collections import Counter
 
-    from ..ir.summary import _top
+    from ...ir.summary import _top
     seen = Counter()
     stack = [r for r in node.regions]
     while stack:
@@ -208,8 +208,8 @@ def _unrolled_nodes(nodes) -> int:
 def _unrolled_cost(compiled, structs, notes: list) -> dict | None:
     """XLA's cost analysis of the graph with every scan unrolled (each body then appears
     as often as it runs), or None when that graph would be too large."""
-    from ..backends.xla.compile import Compiled
-    from ..passes.rewrite import Rebuild
+    from .compile import Compiled
+    from ...passes.rewrite import Rebuild
     g = compiled.graph
     size = _unrolled_nodes(g.nodes)
     if size > UNROLL_LIMIT:
