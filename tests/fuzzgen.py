@@ -1562,7 +1562,7 @@ class Gen:
         q = self.new(f"{x} @ {wq}", x.shape[:-1] + (dk,), d, "matmul", [x, wq], mag=x.mag * 4)
         k = self.new(f"{x} @ {wk}", x.shape[:-1] + (dk,), d, "matmul", [x, wk], mag=x.mag * 4)
         v = self.new(f"{x} @ {wv}", x.shape[:-1] + (dk,), d, "matmul", [x, wv], mag=x.mag * 4)
-        if x.rank == 3 and r.random() < 0.4:
+        if x.rank == 3 and r.random() < 0.4 and d == "f32":  # CPU has no f16 dot_product_attention
             qs = f"{q}[:, :, None, :]"
             ks = f"{k}[:, :, None, :]"
             vs = f"{v}[:, :, None, :]"
@@ -2272,7 +2272,7 @@ class Gen:
         if x is None:
             return None
         n = x.shape[-1]
-        kind = r.choice(["LayerNorm", "RMSNorm", "BatchNorm", "BatchNorm", "GroupNorm"])
+        kind = r.choice(["LayerNorm", "LayerNorm", "RMSNorm", "BatchNorm", "BatchNorm", "GroupNorm"])
         if kind == "BatchNorm" and self.kind == "nnx":
             train = r.random() < 0.6
             mom = r.choice([0.9, 0.99])
@@ -2494,11 +2494,11 @@ OPS = [
     (2, "op_fori", ALL, 1),
     (2, "op_cond", ALL, 1),
     (1, "op_vmap", ALL, 1),
-    (9, "op_linear", MOD, 0),
+    (12, "op_linear", MOD, 0),
     (5, "op_conv", MOD, 0),
     (2, "op_conv_transpose", MOD, 0),
-    (6, "op_norm_layer", MOD, 0),
-    (3, "op_dropout", ("nnx",), 0),
+    (9, "op_norm_layer", MOD, 0),
+    (4, "op_dropout", ("nnx",), 0),
     (3, "op_attention_layer", MOD, 0),
     (3, "op_embed", MOD, 0),
     (2, "op_rnn", ("nnx",), 0),
@@ -2603,6 +2603,8 @@ def load_source(source: str, name: str) -> dict:
     return mod.__dict__
 
 
+# statements kept even when their value is unused: they update the model's state
+SIDE_EFFECTS = ("state_update", "sow", "BatchNorm_train", "Dropout_train")
 _NAME = re.compile(r"\b([vx]\d+|C\d+|B|T)\b")
 
 
@@ -2633,7 +2635,7 @@ def render(gen: Gen, stmts: list, outputs: list, seed: int, name: str, all_input
     needed = {v.name for v in outputs}
     live = []
     for s in reversed(stmts):
-        if any(v.name for v in s.outs if v.name in needed) or s.tag in ("state_update", "sow"):
+        if any(v.name for v in s.outs if v.name in needed) or s.tag in SIDE_EFFECTS:
             live.append(s)
             for line in s.lines:
                 needed.update(_NAME.findall(line))

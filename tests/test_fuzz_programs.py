@@ -19,10 +19,19 @@ import pytest
 
 import fuzzgen
 
-SEEDS = range(100)
+SEEDS = [*range(100), 2277, 2495]  # 100 consecutive seeds, and the programs of open issues
 
-# seed -> (expected failures {(stage, kind, exception type for crashes)}, the nnxc bug)
-KNOWN: dict[int, tuple[set, str]] = {}
+# seed -> (expected failures {(stage, kind, exception type for crashes)}, why)
+KNOWN: dict[int, tuple[set, str]] = {
+    2277: ({("none", "mismatch", ""), ("default", "mismatch", "")},
+           "symbolic dims: JAX traces x[:, :, 0::2] on f32[B,8,5,5] as a gather (a slice at concrete "
+           "shapes), so XLA sums jnp.linalg.norm in another order; jax.export with the same specs "
+           "computes nnxc's bits (1 ulp from jax.jit)"),
+    2495: ({("onnx", "mismatch", "")},
+           "XLA:CPU drops NaN in max reductions of some shapes (jnp.max over the last axis of an "
+           "all-NaN f32[16,2,256] gives -inf, of f32[2,256] NaN); nnxc's ONNX ReduceMax propagates "
+           "NaN, so the two disagree"),
+}
 
 
 class KnownFailure(AssertionError):
