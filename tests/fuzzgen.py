@@ -138,7 +138,7 @@ def oracle(obj, kw, args):
 # moves measures its sensitivity to rounding: the tolerance of the inexact stages is the
 # larger of rtol * scale and MC_K times that spread, element by element. An integer or
 # boolean element that moves (a comparison that flips) is not compared.
-MC_RUNS = 3
+MC_RUNS = 4          # nudged runs; 4x as many when an output went through a discontinuity
 MC_K = 4.0
 _EXACT_PRIMS = frozenset("""
     reshape broadcast_in_dim transpose squeeze expand_dims slice dynamic_slice
@@ -459,7 +459,7 @@ class Run:
         if B not in self._mc:
             want, _, after = self.refs()[B]
             runs = monte_carlo(self.obj, self.kw, self.inputs[B],
-                               MC_RUNS * (2 if any(o["fragile"] for o in self.P["outputs"]) else 1))
+                               MC_RUNS * (4 if any(o["fragile"] for o in self.P["outputs"]) else 1))
             leaves = jax.tree_util.tree_leaves(want)
             outs = [spread(w, [r[0][i] for r in runs]) for i, w in enumerate(leaves)]
             state = {p: spread(x, [r[1][p] for r in runs if p in r[1]]) for p, x in after.items()}

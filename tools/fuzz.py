@@ -77,6 +77,8 @@ def run_one(fuzzgen, seed: int, stages, out_dir: str, timeout: int, do_reduce: b
     except ProgramTimeout:
         outcomes = [fuzzgen.Outcome(stage_box["stage"], "crash", "Timeout",
                                     f"the program did not finish within {timeout} s")]
+    except (BrokenPipeError, EOFError):  # the campaign process is gone
+        raise
     except Exception as e:  # noqa: BLE001 - a generator bug must not end the campaign
         outcomes = [fuzzgen.Outcome("generate", "invalid", type(e).__name__,
                                     "".join(traceback.format_exception(e))[-3000:])]
@@ -127,17 +129,20 @@ def worker(conn, stages, out_dir: str, timeout: int, do_reduce: bool) -> None:
     import jax
     import fuzzgen
     done = 0
-    conn.send(("ready", None))
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            return
-        rec = run_one(fuzzgen, msg, stages, out_dir, timeout, do_reduce,
-                      on_stage=lambda stage: conn.send(("stage", stage)))
-        conn.send(("done", rec))
-        done += 1
-        if done % 25 == 0:
-            jax.clear_caches()
+    try:
+        conn.send(("ready", None))
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            rec = run_one(fuzzgen, msg, stages, out_dir, timeout, do_reduce,
+                          on_stage=lambda stage: conn.send(("stage", stage)))
+            conn.send(("done", rec))
+            done += 1
+            if done % 25 == 0:
+                jax.clear_caches()
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the campaign ended or was stopped
+        return
 
 
 class Pool:
@@ -318,7 +323,8 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Differential fuzzing campaign: random valid programs "
+                                 "checked against their own jax.jit through every nnxc stage.")
     ap.add_argument("--count", type=int, default=100, help="number of programs")
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (instead of --count/--seed)")
