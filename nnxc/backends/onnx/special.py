@@ -691,12 +691,16 @@ def _bits_u64(b, x: str, t: str) -> tuple[str, int]:
     return b.unsqueeze(u, [-1]), to_dtype(t).itemsize * 8
 
 
+def _all_shifts(b, x: str, t: str) -> str:
+    """``x >> k`` for every bit position k of ``t``, on a new trailing axis (as u64)."""
+    u, bits = _bits_u64(b, x, t)
+    return b.op("BitShift", u, b.const(np.arange(bits, dtype=np.uint64)), direction="RIGHT")
+
+
 @rule("population_count")
 def _population_count(b, node, xs):
     """The sum over bits k of (x >> k) mod 2."""
-    t = node.inputs[0].type.dtype
-    u, bits = _bits_u64(b, xs[0], t)
-    shifted = b.op("BitShift", u, b.const(np.arange(bits, dtype=np.uint64)), direction="RIGHT")
+    shifted = _all_shifts(b, xs[0], node.inputs[0].type.dtype)
     ones = b.cast(b.op("Mod", shifted, b.scalar(2, "u64")), "u64", "i64")
     return b.cast(reductions.reduce(b, "ReduceSum", ones, [-1]), "i64", node.outputs[0].type.dtype)
 
@@ -704,9 +708,7 @@ def _population_count(b, node, xs):
 @rule("clz")
 def _clz(b, node, xs):
     """Leading zeros: the number of bit positions k with x >> k == 0 (32 for 0 in i32)."""
-    t = node.inputs[0].type.dtype
-    u, bits = _bits_u64(b, xs[0], t)
-    shifted = b.op("BitShift", u, b.const(np.arange(bits, dtype=np.uint64)), direction="RIGHT")
+    shifted = _all_shifts(b, xs[0], node.inputs[0].type.dtype)
     zero = b.cast(b.op("Equal", shifted, b.scalar(0, "u64")), "bool", "i64")
     return b.cast(reductions.reduce(b, "ReduceSum", zero, [-1]), "i64", node.outputs[0].type.dtype)
 
