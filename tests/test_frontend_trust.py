@@ -231,3 +231,49 @@ def test_nnx_capture_traces_directly_from_the_python_api():
     assert len(got) == len(want) >= 2
     for a, b in zip(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+_STATIC_INDEXING = {
+    "stride": lambda x: x[:, ::2],
+    "offset_stride": lambda x: x[:, 1::3],
+    "reverse": lambda x: x[:, ::-1],
+    "reverse_stride": lambda x: x[:, 6:1:-2],
+    "window": lambda x: x[:, 1:4],
+    "last_axis": lambda x: x[..., ::2],
+    "integer": lambda x: x[:, 3],
+    "integer_and_window": lambda x: x[:, 3, 1:],
+    "negative_integer": lambda x: x[:, -1],
+    "newaxis_and_two_axes": lambda x: x[:, None, 2:5, ::2],
+    # fuzz seed 2277: the gather JAX emits for x[:, :, 0::2] with a symbolic B made XLA sum
+    # the norm in another order than jax.jit's slice (1 ulp)
+    "norm_of_strided": lambda x: jnp.linalg.norm(x[:, :, 0::2], axis=(0, 2), keepdims=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_STATIC_INDEXING))
+def test_static_indexing_traced_with_symbolic_dims_is_the_slice_jit_traces(name):
+    """With a symbolic dim, jnp indexing emits iota arithmetic and a gather; nnxc reads it as
+    the slice (and squeeze) JAX emits at concrete shapes, so XLA compiles what jax.jit does
+    and the results are bit-exact at every size."""
+    f = _STATIC_INDEXING[name]
+    g = nnxc.trace(f, "f32[B,8,5,6]")
+    ops = [n.op for n in g.nodes]
+    assert "gather" not in ops and "iota" not in ops, ops
+    exe = nnxc.compile(g)
+    for B in (1, 3, 4):
+        x = np.random.default_rng(B).standard_normal((B, 8, 5, 6)).astype(np.float32)
+        assert np.array_equal(np.asarray(exe(x)), np.asarray(jax.jit(f)(x))), (name, B)
+
+
+def test_gathers_the_user_wrote_stay_gathers():
+    """Only gathers of operands with a symbolic dim are read as slices: at concrete shapes a
+    gather is what the user (or JAX) chose; out-of-bounds or unsorted indices stay gathers."""
+    idx = jnp.array([0, 2, 4])
+    concrete = nnxc.trace(lambda x: x.at[:, idx].get(mode="promise_in_bounds"), "f32[3,8]")
+    assert "gather" in [n.op for n in concrete.nodes]
+    for f in (lambda x: x[:, jnp.array([4, 0, 2])],           # not a progression
+              lambda x: x.at[:, jnp.array([0, 9])].get(mode="clip")):  # out of bounds
+        g = nnxc.trace(f, "f32[B,8]")
+        assert "gather" in [n.op for n in g.nodes]
+        x = np.arange(24, dtype=np.float32).reshape(3, 8)
+        assert np.array_equal(np.asarray(nnxc.compile(g)(x)), np.asarray(jax.jit(f)(x)))

@@ -1,6 +1,8 @@
 """jaxpr -> IR. Call-like primitives are inlined; scan/while/cond become regions."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from ..errors import UnsupportedOpError
@@ -8,6 +10,7 @@ from ..ir.graph import Graph, Node, Region, Value
 from ..ir.types import TensorType
 from .. import _jax as jc
 from ..ir.params import UnsupportedParam, encode_param
+from .static_slices import same_dim as _same, static_slices
 
 # call-like primitives whose body is inlined (the primal computation is kept), and the
 # param that holds the body
@@ -76,12 +79,20 @@ class Converter:
                 return self.const(a.val, a.aval)
             return env[a]
 
+        slices, unread = static_slices(jaxpr)
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
+            if id(eqn) in unread:
+                continue
             if self.inlined_loc is None:
                 epath, loc = jc.scope_path(eqn.source_info) or path, jc.user_frame(eqn.source_info)
             else:  # inside an inlined call: its trace may be cached from another call site
                 epath, loc = path, self.inlined_loc
+            if id(eqn) in slices:  # its index arithmetic is not converted
+                outs = self.static_slice(slices[id(eqn)], eqn, read(eqn.invars[0]), nodes, epath, loc)
+                for var, v in zip(eqn.outvars, outs):
+                    env[var] = v
+                continue
             ins = [read(a) for a in eqn.invars]
             if name in INLINE or name == "custom_linear_solve":
                 outer, self.inlined_loc = self.inlined_loc, loc
@@ -99,6 +110,26 @@ class Converter:
                 if not isinstance(var, jc.DropVar):
                     env[var] = v
         return [read(a) for a in jaxpr.outvars]
+
+    def static_slice(self, form, eqn, operand: Value, nodes: list[Node], path: str, loc) -> list[Value]:
+        """The ``slice`` (and ``squeeze``) JAX emits at concrete shapes for a gather that
+        symbolic tracing produced (see ``static_slices``)."""
+        dtype = eqn.outvars[0].aval.dtype
+        shape = tuple(eqn.invars[0].aval.shape)
+        if (form.strides is None and not any(form.start) and not form.squeeze_dims
+                and all(_same(a, b) for a, b in zip(form.limit, shape))):
+            return [operand]  # the whole array: JAX emits no slice either
+        attrs = {"start_indices": encode_param(form.start), "limit_indices": encode_param(form.limit),
+                 "strides": encode_param(form.strides)}
+        sliced = Node("slice", [operand], [TensorType.of(SimpleNamespace(shape=form.slice_shape, dtype=dtype))],
+                      attrs, (), path, loc)
+        nodes.append(sliced)
+        if not form.squeeze_dims:
+            return sliced.outputs
+        squeezed = Node("squeeze", sliced.outputs, [aval_type(eqn.outvars[0].aval)],
+                        {"dimensions": encode_param(form.squeeze_dims)}, (), path, loc)
+        nodes.append(squeezed)
+        return squeezed.outputs
 
     def node(self, eqn, name: str, ins, path: str, loc: str | None) -> Node:
         jc.register_primitive(eqn.primitive)
