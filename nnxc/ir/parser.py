@@ -66,10 +66,34 @@ def require_constant_data(graph: Graph) -> None:
         raise ElidedConstantError.of(missing[0], len(missing) - 1)
 
 
-_NAME = re.compile(r"%([A-Za-z0-9_.\-]+)")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_OPNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_NUMBER = re.compile(r"-?(inf|nan|[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?)")  # ASCII digits only
+# -- the tokenizer -------------------------------------------------------------------------
+# One regex reads every token of the text (types, dims, attributes, records, constants,
+# output trees). The parser asks a line (a _Cursor) for its next token and never looks at
+# characters itself, except for a node's module path, which the grammar makes any run of
+# non-blanks. Tokens are read one at a time as the parser asks, so a line with a million
+# dense values is never turned into a list. Blanks are spaces; any other character that
+# starts no token is an "other" token of its own, which the parser refuses ("expected ...").
+_TOKEN = re.compile(r"""
+    (?P<char>    [(){}\[\],:=@^*+] )                          # punctuation
+  | (?P<value>   %[A-Za-z0-9_.\-]+ )                        # %x  %0  %blocks.0.attn.kernel
+  | (?P<string>  "(?:[^"\\]|\\.)*" )                        # "m.py:12"  "a\"b\n"
+  | (?P<open_string> ".* )                                  # a string the line ends inside
+  | (?P<dense>   dense<\[ )                                 # dense<[1.0,2.0]>
+  | (?P<elided>  elided<[0-9a-f]+> )                        # elided<9f86d081884c7d65>
+  | (?P<key>     key<[a-z]+> )                              # key<fry> (the other dtypes are words)
+  | (?P<number>  -?(?:(?:inf|nan)(?![A-Za-z0-9_])|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?) )
+  | (?P<word>    [A-Za-z_][A-Za-z0-9_.\-]* )                # f32 Param nnxc.linear Precision.HIGH
+  | (?P<other>   . )                                        # - < > % ... and stray characters
+""", re.VERBOSE | re.DOTALL)
+_BLANKS = re.compile(r" *")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # attribute names, record and enum names
+_FIELD = re.compile(r"[A-Za-z0-9_]+")  # record fields (an unknown pytree's are 0, 1, ...)
+_INT = re.compile(r"-?[0-9]+")
+_PATH = re.compile(r"\S+")  # a node's module path: any run of non-blanks
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_NUMBER = ("number",)
+_NO_STOPS: frozenset = frozenset()
+_DIM_STOPS = frozenset({",", "]"})
 MAX_NESTING = 100  # regions, attribute tuples and output trees nest at most this deep
 MAX_DIM = 2 ** 63 - 1  # dims are int64 in XLA and ONNX
 _MAX_DIGITS = 400  # longer integers are no dim and no value of any dtype
@@ -148,9 +172,6 @@ def _show(x) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-_DTYPE = re.compile(r"key<[a-z]+>|[a-z][a-z0-9]*")
-
-
 class _Record:
     """An output-tree node of a class the parser cannot import: keeps its name and fields."""
 
@@ -173,43 +194,97 @@ class _Leaf:
 
 
 class _Cursor:
+    """One line of IR text read as tokens (see ``_TOKEN``); ``pos`` is where reading goes on.
+
+    Looking at the next token skips the blanks before it, so an error raised after a look
+    points at the token that was not wanted."""
+
     def __init__(self, text: str, lineno: int):
         self.text, self.lineno, self.pos = text, lineno, 0
+        self._tok: re.Match | None = None  # the token at ``_at`` (None: the end of the line)
+        self._at = -1
 
     def error(self, msg: str, pos: int | None = None):
         col = (self.pos if pos is None else pos) + 1
         raise IRParseError(msg, self.lineno, col, self.text)
 
-    def ws(self):
-        while self.pos < len(self.text) and self.text[self.pos] == " ":
-            self.pos += 1
+    def peek(self) -> re.Match | None:
+        """The next token (``.lastgroup`` is its kind), or None at the end of the line."""
+        if self._at == self.pos:
+            return self._tok
+        if self.text.startswith(" ", self.pos):
+            self.pos = _BLANKS.match(self.text, self.pos).end()
+            if self._at == self.pos:
+                return self._tok
+        self._at = self.pos
+        # _TOKEN always matches a character (see "other"); the end of the line is no token
+        self._tok = _TOKEN.match(self.text, self.pos) if self.pos < len(self.text) else None
+        return self._tok
 
-    def peek(self, s: str) -> bool:
-        self.ws()
-        return self.text.startswith(s, self.pos)
+    def here(self) -> int:
+        """Where the next token starts."""
+        self.peek()
+        return self.pos
 
-    def accept(self, s: str) -> bool:
-        if self.peek(s):
-            self.pos += len(s)
+    def kind(self) -> str:
+        tok = self.peek()
+        return "end" if tok is None else tok.lastgroup
+
+    def is_(self, text: str) -> bool:
+        tok = self._tok if self._at == self.pos else self.peek()
+        return tok is not None and tok.group() == text
+
+    def next(self) -> re.Match:
+        tok = self.peek()
+        if tok is None:
+            self.error("unexpected end of line")
+        self.pos = tok.end()
+        return tok
+
+    def accept(self, text: str) -> bool:
+        tok = self._tok if self._at == self.pos else self.peek()
+        if tok is not None and tok.group() == text:
+            self.pos = tok.end()
             return True
         return False
 
-    def expect(self, s: str):
-        if not self.accept(s):
-            found = self.text[self.pos:self.pos + 12] or "end of line"
-            self.error(f"expected {s!r}, found {found!r}")
+    def expect(self, text: str):
+        if not self.accept(text):
+            self.error(f"expected {text!r}, found {self.found()!r}")
 
-    def match(self, pattern: re.Pattern, what: str) -> str:
-        self.ws()
-        m = pattern.match(self.text, self.pos)
-        if not m:
+    def found(self) -> str:
+        return self.text[self.pos:self.pos + 12] or "end of line"
+
+    def take(self, kinds: tuple, what: str, pattern: re.Pattern | None = None) -> str:
+        """The next token's text if its kind is one of ``kinds`` (and it matches all of
+        ``pattern``); else the error "expected ``what``"."""
+        tok = self.peek()
+        if tok is None or tok.lastgroup not in kinds or \
+                (pattern is not None and not pattern.fullmatch(tok.group())):
             self.error(f"expected {what}")
+        self.pos = tok.end()
+        return tok.group()
+
+    def keyword(self, word: str) -> bool:
+        """Read ``word`` if it comes next and no "(" follows it (that would be an op)."""
+        if not self.is_(word):
+            return False
+        start, self.pos = self.pos, self._tok.end()
+        if self.is_("("):
+            self.pos = start
+            return False
+        return True
+
+    def path(self) -> str:
+        """A module path: the run of non-blanks that comes next."""
+        m = _PATH.match(self.text, self.here())
+        if not m:
+            self.error("expected a module path")
         self.pos = m.end()
-        return m.group(0)
+        return m.group()
 
     def at_end(self) -> bool:
-        self.ws()
-        return self.pos >= len(self.text)
+        return self.peek() is None
 
     def end(self):
         if not self.at_end():
@@ -264,46 +339,113 @@ class _Parser:
         self.i += 1
         return cur
 
+    # -- lists and records: the two shapes every bracket of the text holds ---------------------
+    def comma_list(self, cur: _Cursor, close: str | None, item, trailing: bool = False):
+        """``[ item { "," item } ] close``, read after the opening bracket; ``close`` None
+        reads to the end of the line. ``trailing``: a "," may come last. Returns the items
+        and whether a "," came last."""
+        items = []
+        if self.closes(cur, close):
+            return items, False
+        while True:
+            items.append(item(cur))
+            if self.closes(cur, close):
+                return items, False
+            if not cur.accept(","):
+                want = "the end of the line" if close is None else repr(close)
+                cur.error(f"expected ',' or {want}, found {cur.found()!r}")
+            if trailing and self.closes(cur, close):
+                return items, True
+
+    @staticmethod
+    def closes(cur: _Cursor, close: str | None) -> bool:
+        return cur.at_end() if close is None else cur.accept(close)
+
+    def fields(self, cur: _Cursor, close: str, value, what: str = "field",
+               names: re.Pattern = _FIELD) -> dict:
+        """``[ name "=" value { "," name "=" value } [ "," ] ] close``: the fields of a
+        record, or a node's or variable's attributes (``what="attribute"``)."""
+        out: dict = {}
+        article = "an" if what == "attribute" else "a"
+
+        def field(cur: _Cursor):
+            pos = cur.here()
+            key = cur.take(("word", "number"), f"{article} {what} name", names)
+            if key in out:
+                cur.error(f"{what} {key!r} is given twice", pos)
+            cur.expect("=")
+            out[key] = value(cur)
+
+        self.comma_list(cur, close, field, trailing=True)
+        return out
+
+    def record(self, cur: _Cursor, value) -> list:
+        """A record's fields, read after its class name: ``(name=value, ...)`` or
+        ``{name=value, ...}``. (The printer writes the first in attributes and the second in
+        output trees, and golden files hold both; either reads in both places.)"""
+        if cur.accept("("):
+            return list(self.fields(cur, ")", value).items())
+        if cur.accept("{"):
+            return list(self.fields(cur, "}", value).items())
+        cur.error(f"expected '(' or '{{', found {cur.found()!r}")
+
+    def attr_dict(self, cur: _Cursor) -> dict:
+        cur.expect("{")
+        return self.fields(cur, "}", self.attr, "attribute", _IDENT)
+
+    def nested(self, cur: _Cursor) -> "_Nesting":
+        """``with self.nested(cur):`` around a nested structure; refuses MAX_NESTING+1 levels."""
+        return _Nesting(self, cur)
+
     # -- types -----------------------------------------------------------------
     def type(self, cur: _Cursor) -> TensorType:
-        cur.ws()
-        start = cur.pos
-        dtype = cur.match(_DTYPE, "a dtype")
-        if dtype not in DTYPE_NAMES:
-            cur.error(f"unknown dtype {dtype!r}", start)
+        dtype = self.dtype(cur)
         cur.expect("[")
-        dims = []
-        if not cur.accept("]"):
-            while True:
-                dims.append(self.dim(cur))
-                if cur.accept("]"):
-                    break
-                cur.expect(",")
+        dims, _ = self.comma_list(cur, "]", self.dim)
         return TensorType(tuple(dims), dtype)
+
+    def dtype(self, cur: _Cursor) -> str:
+        start = cur.here()
+        name = cur.take(("word", "key"), "a dtype")
+        if name not in DTYPE_NAMES:
+            cur.error(f"unknown dtype {name!r}", start)
+        return name
 
     def dim(self, cur: _Cursor):
         """One dim: an integer or an expression (commas inside parentheses belong to it)."""
-        cur.ws()
-        start = j = cur.pos
-        depth = 0
-        while j < len(cur.text) and (depth or cur.text[j] not in ",]"):
-            depth += {"(": 1, ")": -1}.get(cur.text[j], 0)
-            if depth < 0:
-                break
-            j += 1
-        tok = cur.text[start:j].strip()
+        start = cur.here()
+        tok = cur.text[start:self.dim_tokens(cur, _DIM_STOPS)]
         if not tok:
             cur.error("expected a dim (an integer or a symbolic expression) then ',' or ']'")
-        if re.fullmatch(r"-?[0-9]+", tok):
+        if _INT.fullmatch(tok):
             if tok.startswith("-") or len(tok) > 19 or int(tok) > MAX_DIM:
                 cur.error(f"dim {_show_token(tok)} is not a size (0 .. 2**63-1)", start)
-            cur.pos = j
             return int(tok)
         d = self.dim_expr(cur, tok, start)
         if isinstance(d, int) and not 0 <= d <= MAX_DIM:
             cur.error(f"dim {_show_token(tok)} = {d} is not a size (0 .. 2**63-1)", start)
-        cur.pos = j
         return d
+
+    @staticmethod
+    def dim_tokens(cur: _Cursor, stops: frozenset) -> int:
+        """Read the tokens of a dim expression, up to a token in ``stops`` outside
+        parentheses, a ")" that closes none, or the end of the line; returns where the last
+        one read ends (its text goes to ``dim_expression``, the one dim parser)."""
+        depth, end = 0, cur.here()
+        while True:
+            tok = cur.peek()
+            if tok is None:
+                return end
+            t = tok.group()
+            if t == "(":
+                depth += 1
+            elif t == ")":
+                if not depth:
+                    return end
+                depth -= 1
+            elif not depth and t in stops:
+                return end
+            cur.pos = end = tok.end()
 
     def dim_expr(self, cur: _Cursor, tok: str, start: int):
         """The canonical form of the dim expression ``tok`` (at column ``start`` + 1)."""
@@ -313,14 +455,15 @@ class _Parser:
             cur.error(f"bad dim {_show_token(tok)}: {e.msg}", start + (e.col or 1) - 1)
 
     def typed_name(self, cur: _Cursor) -> tuple[str, int, TensorType]:
-        cur.ws()
-        pos = cur.pos
-        name = cur.match(_NAME, "a value name like %x")[1:]
+        pos = cur.here()
+        name = cur.take(("value",), "a value name like %x")[1:]
         cur.expect(":")
         return name, pos, self.type(cur)
 
     # -- literals --------------------------------------------------------------
     def scalar(self, cur: _Cursor):
+        if cur.kind() == "number":
+            return self.number(cur)
         if cur.accept("True"):
             return True
         if cur.accept("False"):
@@ -334,129 +477,81 @@ class _Parser:
         return self.number(cur)
 
     def number(self, cur: _Cursor):
-        start = cur.pos
-        tok = cur.match(_NUMBER, "a number")
-        if re.fullmatch(r"-?[0-9]+", tok):
+        start = cur.here()
+        tok = cur.take(_NUMBER, "a number")
+        if _INT.fullmatch(tok):
             if len(tok) > _MAX_DIGITS:
                 cur.error(f"integer {_show_token(tok)} has {len(tok)} digits: no dtype holds it",
                           start)
             return int(tok)
         return float(tok)
 
-    def attr(self, cur: _Cursor):
-        cur.ws()
-        c = cur.text[cur.pos:cur.pos + 1]
-        if c == '"':
-            return self.string(cur)
-        if c == "(":
-            cur.pos += 1
-            with self.nested(cur):
-                return self.attr_tuple(cur)
-        if c == "-" or c.isdigit() or cur.peek("inf") or cur.peek("nan"):
-            return self.number(cur)
-        start = cur.pos
-        ident = cur.match(_IDENT, "an attribute value")
-        if ident == "None":
-            return None
-        if ident in ("True", "False"):
-            return ident == "True"
-        if ident == "dim" and cur.peek("("):
-            cur.expect("(")
-            j = cur.text.find(")", cur.pos)
-            depth, j = 1, cur.pos
-            while j < len(cur.text) and depth:
-                depth += {"(": 1, ")": -1}.get(cur.text[j], 0)
-                j += 1
-            if depth:
-                cur.error("unclosed dim(")
-            expr = cur.text[cur.pos:j - 1]
-            self.dim_expr(cur, expr, cur.pos)
-            cur.pos = j
-            return SymDim(expr)
-        if ident == "key" and cur.peek("<"):
-            cur.pos = start
-            return DType(cur.match(_DTYPE, "a dtype"))
-        if cur.text.startswith(".", cur.pos):
-            cur.pos += 1
-            return EnumVal(ident, cur.match(_IDENT, "an enum member"))
-        if cur.text.startswith("(", cur.pos):
-            cur.pos += 1
-            fields = []
-            with self.nested(cur):
-                if not cur.accept(")"):
-                    while True:
-                        key = cur.match(_IDENT, "a field name")
-                        cur.expect("=")
-                        fields.append((key, self.attr(cur)))
-                        if cur.accept(")"):
-                            break
-                        cur.expect(",")
-            return Record(ident, tuple(fields))
-        if ident in DTYPE_NAMES:
-            return DType(ident)
-        return SymDim(ident)
-
-    def attr_tuple(self, cur: _Cursor) -> tuple:
-        items = []
-        if cur.accept(")"):
-            return ()
-        while True:
-            items.append(self.attr(cur))
-            if cur.accept(")"):
-                return tuple(items)
-            cur.expect(",")
-            if cur.accept(")"):
-                return tuple(items)
-
-    def nested(self, cur: _Cursor) -> "_Nesting":
-        """``with self.nested(cur):`` around a nested structure; refuses MAX_NESTING+1 levels."""
-        return _Nesting(self, cur)
-
     def string(self, cur: _Cursor) -> str:
-        cur.expect('"')
-        out = []
-        while True:
-            if cur.pos >= len(cur.text):
-                cur.error("unterminated string")
-            ch = cur.text[cur.pos]
-            cur.pos += 1
-            if ch == '"':
-                return "".join(out)
-            if ch == "\\":
-                nxt = cur.text[cur.pos:cur.pos + 1]
-                cur.pos += 1
-                out.append("\n" if nxt == "n" else nxt)
-            else:
-                out.append(ch)
+        kind = cur.kind()
+        if kind == "open_string":
+            cur.pos = len(cur.text)
+            cur.error("unterminated string")
+        if kind != "string":
+            cur.error(f"expected '\"', found {cur.found()!r}")
+        body = cur.next().group()[1:-1]
+        return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), body)
 
-    def attr_dict(self, cur: _Cursor) -> dict:
-        out = {}
-        cur.expect("{")
-        if cur.accept("}"):
-            return out
-        while True:
-            cur.ws()
-            pos = cur.pos
-            key = cur.match(_IDENT, "an attribute name")
-            if key in out:
-                cur.error(f"attribute {key!r} is given twice", pos)
-            cur.expect("=")
-            out[key] = self.attr(cur)
-            if cur.accept("}"):
-                return out
-            cur.expect(",")
+    def attr(self, cur: _Cursor):
+        tok = cur.peek()
+        kind = "end" if tok is None else tok.lastgroup
+        if kind == "string":
+            return self.string(cur)
+        if kind == "number":
+            return self.number(cur)
+        if kind == "key":
+            return DType(cur.next().group())
+        if kind == "char" and tok.group() == "(":  # a tuple
+            cur.next()
+            with self.nested(cur):
+                return tuple(self.comma_list(cur, ")", self.attr, trailing=True)[0])
+        if kind != "word":
+            cur.error("expected an attribute value")
+        start, word = cur.pos, cur.next().group()
+        if word in ("None", "True", "False"):
+            return None if word == "None" else word == "True"
+        if "." in word or "-" in word:  # an enum member
+            cls, _, member = word.partition(".")
+            if not _IDENT.fullmatch(cls):
+                cur.error("expected an attribute value", start)
+            if not _IDENT.fullmatch(member):
+                cur.error("expected an enum member", start + len(cls) + 1)
+            return EnumVal(cls, member)
+        if word == "dim" and cur.is_("("):
+            return self.sym_dim(cur)
+        if cur.is_("(") or cur.is_("{"):
+            with self.nested(cur):
+                return Record(word, tuple(self.record(cur, self.attr)))
+        if word in DTYPE_NAMES:
+            return DType(word)
+        return SymDim(word)
+
+    def sym_dim(self, cur: _Cursor) -> SymDim:
+        """``dim(expr)`` after ``dim``: the expression's text as written, checked."""
+        cur.expect("(")
+        start = cur.pos
+        self.dim_tokens(cur, _NO_STOPS)
+        close = cur.peek()
+        if close is None:
+            cur.error("unclosed dim(", start)
+        expr = cur.text[start:close.start()]
+        self.dim_expr(cur, expr, start)
+        cur.next()
+        return SymDim(expr)
 
     def operand(self, cur: _Cursor) -> Value:
-        cur.ws()
-        pos = cur.pos
-        if cur.peek("%"):
-            return self.lookup(cur, cur.match(_NAME, "a value")[1:], pos)
+        pos = cur.here()
+        if cur.kind() == "value":
+            return self.lookup(cur, cur.next().group()[1:], pos)
+        if cur.is_("%"):
+            cur.error("expected a value name like %x")
         x = self.scalar(cur)
         cur.expect(":")
-        start = cur.pos
-        dtype = cur.match(_DTYPE, "a dtype")
-        if dtype not in DTYPE_NAMES:
-            cur.error(f"unknown dtype {dtype!r}", start)
+        dtype = self.dtype(cur)
         try:
             data = scalar_array([x], dtype).reshape(())
         except ValueError as e:
@@ -468,40 +563,31 @@ class _Parser:
         cur = self.line()
         cur.expect("graph")
         cur.expect("@")
-        g = Graph(cur.match(_OPNAME, "a graph name"))
+        g = Graph(cur.take(("word",), "a graph name"))
         cur.expect("(")
-        if not cur.accept(")"):
-            while True:
-                name, pos, t = self.typed_name(cur)
-                v = Value(t, name)
-                self.define(cur, name, v, pos)
-                g.inputs.append(v)
-                if cur.accept(")"):
-                    break
-                cur.expect(",")
+        g.inputs, _ = self.comma_list(cur, ")", lambda cur: self.define_typed(cur, True))
         cur.expect("{")
         cur.end()
         while True:
             cur = self.line()
-            cur.ws()
-            if cur.accept("var "):
+            if cur.keyword("var"):
                 name, pos, t = self.typed_name(cur)
-                kind = cur.match(_IDENT, "a Variable type")
-                meta = self.attr_dict(cur) if cur.peek("{") else {}
+                kind = cur.take(("word",), "a Variable type", _IDENT)
+                meta = self.attr_dict(cur) if cur.is_("{") else {}
                 cur.end()
                 v = Value(t, name)
                 self.define(cur, name, v, pos)
                 g.variables.append(Variable(v, name, kind, meta))
-            elif cur.accept("const "):
+            elif cur.keyword("const"):
                 name, pos, t = self.typed_name(cur)
                 cur.expect("=")
                 v = Value(t, name, data=self.const_data(cur, t))
                 cur.end()
                 self.define(cur, name, v, pos)
                 g.consts.append(v)
-            elif cur.accept("update "):
-                pos = cur.pos
-                name = cur.match(_NAME, "a variable")[1:]
+            elif cur.keyword("update"):
+                pos = cur.here()
+                name = cur.take(("value",), "a variable")[1:]
                 var = next((x for x in g.variables if x.value.name == name), None)
                 if var is None:
                     cur.error(f"%{name} is not a variable", pos)
@@ -518,24 +604,25 @@ class _Parser:
             else:
                 g.nodes.append(self.node(cur))
 
+    def define_typed(self, cur: _Cursor, named: bool) -> Value:
+        """``%name: type``, defined as a new value (named: a graph input keeps its name)."""
+        name, pos, t = self.typed_name(cur)
+        v = Value(t, name) if named else Value(t)
+        self.define(cur, name, v, pos)
+        return v
+
     def const_data(self, cur: _Cursor, t: TensorType):
-        cur.ws()
-        start = cur.pos
-        if cur.accept("elided<"):
-            pos = cur.pos
-            digest = cur.match(re.compile(r"[0-9a-f]+"), "a hex digest")
-            cur.expect(">")
+        start = cur.here()
+        kind = cur.kind()
+        if kind == "elided":
+            digest = cur.next().group()[len("elided<"):-1]
             if self.sidecar is None:
                 return Elided(digest)
-            return self.restore(cur, digest, t, pos)
-        cur.expect("dense<[")
-        vals = []
-        if not cur.accept("]"):
-            while True:
-                vals.append(self.scalar(cur))
-                if cur.accept("]"):
-                    break
-                cur.expect(",")
+            return self.restore(cur, digest, t, start + len("elided<"))
+        if kind != "dense":
+            cur.error(f"expected 'dense<[' or 'elided<' and a hex digest, found {cur.found()!r}")
+        cur.next()
+        vals, _ = self.comma_list(cur, "]", self.scalar)
         cur.expect(">")
         size = math.prod(d for d in t.shape if isinstance(d, int))
         if len(vals) != size or not t.is_static:
@@ -568,29 +655,19 @@ class _Parser:
 
     def node(self, cur: _Cursor) -> Node:
         outs: list[tuple[str, int, TensorType]] = []
-        if cur.peek("%"):
-            while True:
-                outs.append(self.typed_name(cur))
-                if cur.accept("="):
-                    break
-                cur.expect(",")
-        op = cur.match(_OPNAME, "an op name")
+        if cur.kind() == "value" or cur.is_("%"):
+            outs, _ = self.comma_list(cur, "=", self.typed_name)
+        op = cur.take(("word",), "an op name")
         cur.expect("(")
-        inputs = []
-        if not cur.accept(")"):
-            while True:
-                inputs.append(self.operand(cur))
-                if cur.accept(")"):
-                    break
-                cur.expect(",")
+        inputs, _ = self.comma_list(cur, ")", self.operand)
         attrs = {}
-        if cur.peek("{") and cur.text[cur.pos + 1:].strip():  # a lone "{" opens regions
-            attrs = self.attr_dict(cur)
-        path = ""
-        if cur.accept("@"):
-            path = cur.match(re.compile(r"[^\s]+"), "a module path")
+        tok = cur.peek()
+        if tok is not None and tok.group() == "{" and cur.text[tok.end():].strip():
+            attrs = self.attr_dict(cur)  # a "{" that ends the line opens regions
+        path = cur.path() if cur.accept("@") else ""
         loc = None
-        if cur.accept("loc("):
+        if cur.accept("loc"):
+            cur.expect("(")
             loc = self.string(cur)
             cur.expect(")")
         node = Node(op, inputs, [t for _, _, t in outs], attrs, path=path, loc=loc)
@@ -612,54 +689,39 @@ class _Parser:
 
     def region(self) -> Region:
         cur = self.line()
-        cur.expect("^(")
+        cur.expect("^")
+        cur.expect("(")
         with self.nested(cur):
             return self.region_body(cur)
 
     def region_body(self, cur: _Cursor) -> Region:
         self.scopes.append({})
-        args = []
-        if not cur.accept(")"):
-            while True:
-                name, pos, t = self.typed_name(cur)
-                v = Value(t)
-                self.define(cur, name, v, pos)
-                args.append(v)
-                if cur.accept(")"):
-                    break
-                cur.expect(",")
+        args, _ = self.comma_list(cur, ")", lambda cur: self.define_typed(cur, False))
         cur.expect(":")
         cur.end()
         region = Region(args)
         while True:
             cur = self.line()
             if cur.accept("yield"):
-                if not cur.at_end():
-                    while True:
-                        region.results.append(self.operand(cur))
-                        if cur.at_end():
-                            break
-                        cur.expect(",")
+                region.results, _ = self.comma_list(cur, None, self.operand)
                 break
             region.nodes.append(self.node(cur))
         self.scopes.pop()
         return region
 
+    # -- the returned values ---------------------------------------------------------------
     def out_tree(self, cur: _Cursor):
         if cur.at_end():
             return [], jax.tree_util.tree_structure(())
         start = cur.pos
-        first = self.tree_expr(cur)
-        if cur.at_end():
+        items, _ = self.comma_list(cur, None, self.tree_expr)
+        if len(items) == 1:
             try:
                 leaves, tree = jax.tree_util.tree_flatten(
-                    first, is_leaf=lambda x: isinstance(x, _Leaf))
+                    items[0], is_leaf=lambda x: isinstance(x, _Leaf))
             except (TypeError, ValueError) as e:  # e.g. dict keys that do not sort
                 cur.error(f"cannot build the output tree: {e}", start)
             return [x.value for x in leaves], tree
-        items = [first]
-        while cur.accept(","):
-            items.append(self.tree_expr(cur))
         if not all(isinstance(x, _Leaf) for x in items):
             cur.error("a flat return lists values only")
         return [x.value for x in items], None
@@ -669,48 +731,45 @@ class _Parser:
             return self.tree_node(cur)
 
     def tree_node(self, cur: _Cursor):
-        cur.ws()
-        if cur.peek("%") or _NUMBER.match(cur.text, cur.pos) or re.match(r"(True|False):", cur.text[cur.pos:]):
+        tok = cur.peek()
+        kind = "end" if tok is None else tok.lastgroup
+        if kind in ("value", "number") or cur.is_("%") or cur.is_("True") or cur.is_("False") \
+                or self.complex_next(cur):
             return _Leaf(self.operand(cur))
         if cur.accept("None"):
             return None
-        for open_, close, kind in (("(", ")", tuple), ("[", "]", list)):
-            if cur.accept(open_):
-                items, trailing = [], False
-                while not cur.accept(close):
-                    items.append(self.tree_expr(cur))
-                    trailing = cur.accept(",")
-                    if not trailing:
-                        cur.expect(close)
-                        break
-                if kind is tuple and len(items) == 1 and not trailing:
-                    cur.error("a 1-tuple needs a trailing comma")
-                return kind(items)
+        if cur.accept("("):
+            items, trailing = self.comma_list(cur, ")", self.tree_expr, trailing=True)
+            if len(items) == 1 and not trailing:
+                cur.error("a 1-tuple needs a trailing comma")
+            return tuple(items)
+        if cur.accept("["):
+            return self.comma_list(cur, "]", self.tree_expr, trailing=True)[0]
         if cur.accept("{"):
             out = {}
-            while not cur.accept("}"):
-                cur.ws()
-                pos = cur.pos
+
+            def entry(cur: _Cursor):
+                pos = cur.here()
                 key = self.attr(cur)
                 if key in out:
                     cur.error(f"key {format_attr(key)} is given twice", pos)
                 cur.expect(":")
                 out[key] = self.tree_expr(cur)
-                if not cur.accept(","):
-                    cur.expect("}")
-                    break
+
+            self.comma_list(cur, "}", entry, trailing=True)
             return out
-        cls = cur.match(_IDENT, "an output value or structure")
-        cur.expect("{")
-        items = []
-        while not cur.accept("}"):
-            key = cur.match(re.compile(r"[A-Za-z0-9_]+"), "a field name")
-            cur.expect("=")
-            items.append((key, self.tree_expr(cur)))
-            if not cur.accept(","):
-                cur.expect("}")
-                break
-        return _Record(cls, items)
+        cls = cur.take(("word",), "an output value or structure", _IDENT)
+        return _Record(cls, self.record(cur, self.tree_expr))
+
+    @staticmethod
+    def complex_next(cur: _Cursor) -> bool:
+        """Whether a complex scalar ``(re,im):c64`` comes next (a tuple holds no bare number)."""
+        if not cur.is_("("):
+            return False
+        start, cur.pos = cur.pos, cur._tok.end()
+        number = cur.kind() == "number"
+        cur.pos = start
+        return number
 
 
 class _Sidecar:
