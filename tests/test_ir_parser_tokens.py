@@ -1,11 +1,15 @@
-"""The IR text parser's one tokenizer, comma-list and record rules."""
+"""The IR text parser's one tokenizer, comma-list and record rules, and the constant-hash
+cache that keeps printing and comparing graphs with big weights cheap."""
 from __future__ import annotations
+
+import gc
 
 import numpy as np
 import pytest
 
 import nnxc
 from nnxc.ir import Graph, Node, Record, SymDim, TensorType, Value, parse, print_graph
+from nnxc.ir import graph as graph_mod
 from nnxc.ir.parser import IRParseError, _Cursor
 
 _HEAD = "graph @g(%x: f32[3]) {\n"
@@ -100,3 +104,38 @@ def test_trailing_commas():
     with pytest.raises(IRParseError, match="a 1-tuple needs a trailing comma"):
         parse(_HEAD + "  return (%x)\n}\n")
 
+
+# -- constant hashes: once per data array ------------------------------------------------------
+
+def _big_const_graph(data: np.ndarray) -> Graph:
+    c = Value(TensorType(data.shape, "f32"), data=data)
+    n = Node("add", [c, c], [TensorType(data.shape, "f32")])
+    return Graph("g", consts=[c], nodes=[n], outputs=n.outputs)
+
+
+def test_printing_and_comparing_hash_each_constant_once(monkeypatch):
+    calls = []
+    sha = graph_mod._sha
+    monkeypatch.setattr(graph_mod, "_sha", lambda a: calls.append(1) or sha(a))
+    data = np.arange(256 * 256, dtype=np.float32).reshape(256, 256)  # 256 KiB: elided
+    g = _big_const_graph(data)
+    first = print_graph(g)
+    assert "elided<" in first and len(calls) == 1
+    assert print_graph(g) == first and g == g and g.text(locs=False) == first
+    assert nnxc.ir.printer.elided_arrays(g).keys() == {first.split("elided<")[1][:16]}
+    assert len(calls) == 1  # printed three times, compared, sidecar keys: hashed once
+    g.consts[0].data = data + 1  # new data: hashed once more, and the text says so
+    second = print_graph(g)
+    assert second != first and print_graph(g) == second and len(calls) == 2
+
+
+def test_the_hash_cache_lets_go_of_freed_arrays():
+    """The cache holds digests, not arrays: an entry goes when its array is freed."""
+    data = np.ones((256, 256), np.float32)
+    key = id(data)
+    g = _big_const_graph(data)
+    print_graph(g)
+    assert graph_mod._DIGESTS[key][0]() is data
+    del g, data
+    gc.collect()
+    assert key not in graph_mod._DIGESTS
