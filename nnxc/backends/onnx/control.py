@@ -1,6 +1,10 @@
 """Regions: scan -> Loop (xs sliced per step, ys stacked by the Loop), while -> Loop with a
 condition, cond -> If (nested for more than two branches). A scanned layer stack stays one
 Loop, its stacked weights sliced inside the body.
+
+Complex values (real/imaginary pairs, ``fft.py``) flow through as pairs: consts, carries,
+scanned slices and stacked results, branch results -- declared in the bodies as their
+``[..., 2]`` real tensors.
 """
 from __future__ import annotations
 
@@ -15,11 +19,26 @@ _BOOL = TensorType((), "bool")
 
 
 def inline(b, region, args: list[str]) -> list[str]:
-    """Emit ``region`` into builder ``b`` with its arguments bound to ``args``."""
+    """Emit ``region`` into builder ``b`` with its arguments bound to ``args`` (a complex
+    result is returned as its pair)."""
+    from .fft import is_complex, pair
     for v, name in zip(region.args, args):
         b.env[v] = name
     b.emit(region.nodes)
-    return [b.value(v) for v in region.results]
+    return [pair(b, v, "" if v.data is not None else b.value(v)) if is_complex(v.type.dtype)
+            else b.value(v) for v in region.results]
+
+
+def _info(name: str, t: TensorType):
+    """A subgraph input or output: a complex value as its real/imaginary pair."""
+    from .fft import boundary_type
+    return value_info(name, boundary_type(t))
+
+
+def _pairs(b, names, types) -> list[str]:
+    """Record the complex ones among ``names`` (made in builder ``b``) as pairs."""
+    from .fft import as_pair, is_complex
+    return [as_pair(b, n) if is_complex(t.dtype) else n for n, t in zip(names, types)]
 
 
 def _results(sub, names: list[str]) -> list[str]:
@@ -35,7 +54,7 @@ def _results(sub, names: list[str]) -> list[str]:
 
 
 def _graph(b, sub, kind: str, inputs: list, results: list[str], types: list):
-    outputs = [value_info(n, t) for n, t in zip(_results(sub, results), types)]
+    outputs = [_info(n, t) for n, t in zip(_results(sub, results), types)]
     return helper.make_graph(sub.nodes, b.ctx.fresh(kind), inputs, outputs)
 
 
@@ -47,7 +66,7 @@ def _loop_inputs(b, types) -> tuple[str, str, list[str], list]:
     it, cond = b.ctx.fresh("iter"), b.ctx.fresh("cond")
     carry = [b.ctx.fresh("carry") for _ in types]
     infos = [_scalar_info(it, TensorProto.INT64), _scalar_info(cond, TensorProto.BOOL)]
-    return it, cond, carry, infos + [value_info(n, t) for n, t in zip(carry, types)]
+    return it, cond, _pairs(b, carry, types), infos + [_info(n, t) for n, t in zip(carry, types)]
 
 
 @rule("scan")
@@ -57,10 +76,11 @@ def _scan(b, node, xs):
     (body,) = node.regions
     carry_types = [v.type for v in body.args[nc:nc + ncarry]]
     sub = b.sub()
-    it, cond, carry, inputs = _loop_inputs(b, carry_types)
+    it, cond, carry, inputs = _loop_inputs(sub, carry_types)
     n = b.dim_scalar(dims_of((length,))[0])  # the length may be a symbolic dim
     step = sub.op("Sub", sub.op("Sub", n, b.scalar(1, "i64")), it) if reverse else it
-    slices = [sub.op("Gather", x, step, axis=0) for x in xs[nc + ncarry:]]
+    slices = _pairs(sub, [sub.op("Gather", x, step, axis=0) for x in xs[nc + ncarry:]],
+                    [v.type for v in node.inputs[nc + ncarry:]])
     res = inline(sub, body, xs[:nc] + carry + slices)
     cond_out = sub.op("Identity", cond)
     graph = _graph(b, sub, "scan_body", inputs, [cond_out] + res,
@@ -70,7 +90,7 @@ def _scan(b, node, xs):
     outs = [outs] if isinstance(outs, str) else outs
     if reverse:  # the Loop stacked ys in step order; put them back at their own indices
         outs = outs[:ncarry] + [b.slice(y, [-1], [INT64_MIN], [0], [-1]) for y in outs[ncarry:]]
-    return outs
+    return _pairs(b, outs, [v.type for v in node.outputs])
 
 
 @rule("while")
@@ -81,12 +101,12 @@ def _while(b, node, xs):
     cond_r, body_r = node.regions
     (first,) = inline(b, cond_r, cconsts + init)
     sub = b.sub()
-    _, _, carry, inputs = _loop_inputs(b, [v.type for v in body_r.args[bn:]])
+    _, _, carry, inputs = _loop_inputs(sub, [v.type for v in body_r.args[bn:]])
     res = inline(sub, body_r, bconsts + carry)
     (again,) = inline(sub, cond_r, cconsts + res)  # the condition again
     graph = _graph(b, sub, "while_body", inputs, [again] + res, [_BOOL] + [v.type for v in body_r.results])
     outs = b.op("Loop", None, first, *init, outs=len(init), body=graph)
-    return [outs] if isinstance(outs, str) else outs
+    return _pairs(b, [outs] if isinstance(outs, str) else outs, [v.type for v in node.outputs])
 
 
 @rule("cond")
@@ -107,9 +127,9 @@ def _cond(b, node, xs):
         sub = b.sub()
         pick = sub.op("Equal", index, b.scalar(i, itype))
         outs = sub.op("If", pick, outs=len(types), then_branch=branch(i), else_branch=chain(i + 1))
-        outs = [outs] if isinstance(outs, str) else outs
+        outs = _pairs(sub, [outs] if isinstance(outs, str) else outs, types)
         return _graph(b, sub, "branch", [], outs, types)
 
     pick = b.op("Equal", index, b.scalar(0, itype))
     outs = b.op("If", pick, outs=len(types), then_branch=branch(0), else_branch=chain(1))
-    return [outs] if isinstance(outs, str) else outs
+    return _pairs(b, [outs] if isinstance(outs, str) else outs, types)

@@ -7,6 +7,12 @@ module path (or graph inputs with ``weights_as_inputs=True``), symbolic dims bec
 variables the call created, e.g. sown intermediates). Constants that were variables keep the
 variable's path (``-O inference`` freezes them), folded ones ``<path>.folded``.
 
+Complex values cross the boundary as real tensors with a trailing axis of 2 (real part,
+imaginary part; c64 -> f32[..., 2], c128 -> f64[..., 2]), the layout nnxc computes them in
+(``fft.py``): complex inputs, outputs, variables and variable updates alike. Each such input
+and output says so in its ``doc_string``, the model in its ``doc_string`` and in the
+metadata key ``nnxc.complex_as_pairs`` (the names, comma-separated).
+
 Every node carries ``metadata_props`` (what ``node_metadata`` returns): ``namespace``, the
 module path of the IR node it was lowered from as torch.onnx writes it (levels joined by
 ``/`` under the graph name, so Model Explorer builds its layer tree from it: ``GPT/blocks.0/
@@ -33,6 +39,8 @@ from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol
 from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, value_info
+from .fft import PART, as_pair, boundary_type, is_complex, pair
+from .table import Refused
 from .save import INLINE_BELOW, build_initializers, write_model
 
 MIN_OPSET = 13
@@ -189,7 +197,7 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     inputs, weights = [], []
     for v in graph.inputs:
         name = b.env[v] = ctx.reserve(v.name or "input")
-        inputs.append(value_info(name, v.type))
+        inputs.append(_boundary_info(b, name, v.type))
         for axis, d in enumerate(v.type.shape):
             if is_plain_symbol(d):
                 ctx.dim_sources.setdefault(d, (name, axis))
@@ -198,12 +206,14 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
             continue
         name = b.env[var.value] = ctx.reserve(var.path)
         if weights_as_inputs:
-            inputs.append(value_info(name, var.value.type))
+            inputs.append(_boundary_info(b, name, var.value.type))
         else:
             if var.data is None:
                 raise NnxcError(f"variable {var.path} has no value (a graph parsed from text); "
                                 "export with weights_as_inputs=True")
-            weights.append((name, var.data))
+            weights.append((name, _pair_data(var.data) if is_complex(var.value.type.dtype) else var.data))
+            if is_complex(var.value.type.dtype):
+                as_pair(b, name)
     b.emit(graph.nodes)
     if value_names is not None:
         value_names.update(b.env)
@@ -218,6 +228,8 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
         new = graph.variable(var_path).meta.get("new")
         outs.append((var_path if new else f"{var_path}.new", v))
     outputs = _name_outputs(b, outs)
+    if ctx.failures:  # a complex output no rule left as a pair
+        raise UnsupportedOpError(ctx.failures, stage=f"ONNX export (opset {opset})")
     nodes, live = _prune(ctx.pre.nodes + b.nodes, [o.name for o in outputs])
     onnx_graph = helper.make_graph(nodes, graph.name, inputs, outputs)
     opsets = [helper.make_opsetid("", opset)]
@@ -231,7 +243,14 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
                               producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets[:1]),
                               functions=list(ctx.functions.values()))
-    helper.set_model_props(model, model_metadata(graph, opset, _chosen or requested))
+    props = model_metadata(graph, opset, _chosen or requested)
+    pairs = [v.name for v in [*inputs, *outputs] if v.doc_string.startswith(_PAIR_DOC)]
+    if pairs:
+        props["nnxc.complex_as_pairs"] = ",".join(pairs)
+        model.doc_string = (f"Complex inputs and outputs ({', '.join(pairs)}) are real tensors with "
+                            "a trailing axis of 2: [..., 0] the real part, [..., 1] the imaginary "
+                            "part (complex64 as float32, complex128 as float64).")
+    helper.set_model_props(model, props)
     weights = [(n, x) for n, x in weights if n in live]
     consts = [(n, x) for n, x in ctx.initializers if n in live]
     fit_kernels(model, weights + consts, opset)
@@ -243,6 +262,27 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     return model
 
 
+_PAIR_DOC = "complex as real/imaginary pairs:"
+
+
+def _boundary_info(b: Builder, name: str, t):
+    """The ValueInfo of a graph input or output; a complex one is its ``[..., 2]`` pair
+    (an input is recorded as a pair for the rules that read it)."""
+    if not is_complex(t.dtype):
+        return value_info(name, t)
+    as_pair(b, name)
+    info = value_info(name, boundary_type(t))
+    dims = ",".join(map(str, t.shape))
+    info.doc_string = (f"{_PAIR_DOC} {t.dtype}[{dims}] as {PART[t.dtype]}[{dims}{',' if dims else ''}2], "
+                       "[..., 0] real part, [..., 1] imaginary part")
+    return info
+
+
+def _pair_data(x) -> np.ndarray:
+    a = np.asarray(host_array(x))
+    return np.stack([a.real, a.imag], -1)
+
+
 def _name_outputs(b: Builder, outs: list) -> list:
     """Give the graph outputs their names: rename the producing node's output, else Identity."""
     produced = {}
@@ -252,7 +292,14 @@ def _name_outputs(b: Builder, outs: list) -> list:
     renames: dict[str, str] = {}
     infos = []
     for want, v in outs:
-        name = b.value(v)
+        if is_complex(v.type.dtype):
+            try:
+                name = pair(b, v, "" if v.data is not None else b.value(v))
+            except Refused as e:
+                b.ctx.failures.append(("output", "", None, f"output {want}: {e}"))
+                continue
+        else:
+            name = b.value(v)
         final = b.ctx.reserve(want)
         if name in produced and name not in renames:
             node, i = produced[name]
@@ -264,7 +311,7 @@ def _name_outputs(b: Builder, outs: list) -> list:
             for key, value in b.ctx.metadata("", None):
                 node.metadata_props.add(key=key, value=value)
             b.nodes.append(node)
-        infos.append(value_info(final, v.type))
+        infos.append(_boundary_info(b, final, v.type))
     if renames:
         _rename_inputs(b.nodes, renames)
     return infos

@@ -19,20 +19,16 @@ everything else to the op's own rule:
   RFFT with ``onesided=1``, inverses as ``conj(DFT(conj(X))) / n``, IRFFT on the rebuilt
   full spectrum (the imaginary parts of the DC and Nyquist terms drop out, as in pocketfft
   and XLA);
-- ``cond``, ``scan``, ``while`` whose results are all real (complex values may flow in).
+- ``cond``, ``scan``, ``while``: complex consts, carries, scanned slices, stacked results and
+  branch results are pairs in the bodies too (``control.py`` declares them so).
 
 Any other op on a complex value is refused, naming it -- never run on the pair as if it
 were a real tensor. A rule module loaded after this one is guarded too (``_guard_all`` runs
 again whenever a complex rule does).
 
-At the graph boundary: programs that are real at both ends and complex inside
-(``irfft(rfft(x) * w)``, ``abs(rfft(frames))``, FFT convolution) export as they are.
-Complex graph inputs, scan / while carries and cond results are refused here, naming the
-value. ``export.py`` declares graph inputs and outputs by their IR dtype (complex64), so a
-complex *result* of the graph does not cross yet either (the ONNX checker rejects the
-model); for both to cross, ``export.py`` would declare such a value as its pair,
-``boundary_type(t)`` (``f32[..., 2]``), mark a complex input with ``as_pair`` and hand an
-output over as ``pair(b, v, name)``.
+At the graph boundary (``export.py``) a complex input, output, variable or variable update
+is its pair, ``boundary_type(t)`` (``c64[B,5]`` -> ``f32[B,5,2]``): inputs are marked with
+``as_pair``, outputs handed over as ``pair(b, v, name)``.
 """
 from __future__ import annotations
 
@@ -85,9 +81,7 @@ def _find(b, name: str):
 
 def _where_from(v: Value) -> str:
     if v.producer is None:
-        return ("a complex graph input or loop-carried value (ONNX runtimes take no complex "
-                "tensors here; pass the real and imaginary parts as two real inputs and "
-                "combine them with lax.complex inside)")
+        return "a complex value no rule declared as a real/imaginary pair (an nnxc bug)"
     return f"a complex result of {v.producer.op} (not lowered as a real/imaginary pair)"
 
 
@@ -238,12 +232,8 @@ def _identity(b, node, xs, base):
 
 @complex_rule("cond", "scan", "while")
 def _region(b, node, xs, base):
-    """Control flow whose results are real: complex operands flow into the bodies as pairs.
-    Complex results would be declared as complex subgraph outputs, which nothing runs."""
-    bad = [str(o.type) for o in node.outputs if is_complex(o.type.dtype)]
-    if bad:
-        raise Refused(f"{node.op} with complex results or carries ({', '.join(bad)}): nnxc keeps "
-                      f"complex values as real/imaginary pairs inside straight-line code only")
+    """Control flow: complex operands, carries and results go through the bodies as pairs
+    (``control.py`` declares them so)."""
     xs = [pair(b, v, x) if is_complex(v.type.dtype) else x for v, x in zip(node.inputs, xs)]
     return base(b, node, xs)
 
