@@ -378,3 +378,17 @@ def test_max_min_reductions_propagate_nan_like_xla(f):
     s = ort.InferenceSession(nnxc.export_onnx(nnxc.trace(f, "f32[2,4]")).SerializeToString(),
                              providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.asarray(jax.jit(f)(x)))
+
+
+@pytest.mark.parametrize("fn", [jnp.log1p, jnp.expm1], ids=["log1p", "expm1"])
+def test_log1p_expm1_near_the_largest_float(fn):
+    """log1p(1.7e38) is 88.03 and expm1(88.7) 3.3e38: the precise formulas must not overflow
+    in an intermediate product (fuzz seed 10063: ONNX gave inf)."""
+    big = np.finfo(np.float32).max
+    x = np.array([big / 2, big, 1e30, 88.0, 88.7, 1e-7, -1e-7, 0.0, -0.5, 3.0, np.inf, -np.inf],
+                 np.float32)
+    if fn is jnp.expm1:
+        x = np.array([88.0, 88.5, 88.72, 1e-7, -1e-7, 0.0, -0.5, 3.0, -90.0, np.inf, -np.inf], np.float32)
+    [want], [got] = run_both(fn, x)
+    assert np.array_equal(np.isfinite(got), np.isfinite(want)), (got, want)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)

@@ -139,21 +139,25 @@ def _exp2(b, node, xs):
 
 
 @rule("log1p")
-def _log1p(b, node, xs):  # log(u) * x / (u - 1) with u = 1 + x keeps small x exact
+def _log1p(b, node, xs):
+    """log(u) * (x / (u - 1)) with u = 1 + x keeps small x exact; the ratio first, since
+    log(u) * x overflows for x near the largest float (fuzz seed 10063)."""
     x, t = xs[0], dt(node)
     u = b.op("Add", x, b.scalar(1, t))
     um1 = b.op("Sub", u, b.scalar(1, t))
-    ratio = b.op("Div", b.op("Mul", b.op("Log", u), x), um1)
+    ratio = b.op("Mul", b.op("Log", u), b.op("Div", x, um1))
     out = b.where(b.op("Equal", um1, b.scalar(0, t)), x, ratio)
-    return b.where(b.op("IsInf", u), u, out)
+    return b.where(b.op("IsInf", u, detect_negative=0), u, out)  # log1p(-inf) stays NaN
 
 
 @rule("expm1")
-def _expm1(b, node, xs):  # (u - 1) * x / log(u) with u = exp(x), Kahan's trick
+def _expm1(b, node, xs):
+    """(u - 1) * (x / log(u)) with u = exp(x), Kahan's trick; the ratio first, since
+    (u - 1) * x overflows for u near the largest float."""
     x, t = xs[0], dt(node)
     u = b.op("Exp", x)
     um1 = b.op("Sub", u, b.scalar(1, t))
-    ratio = b.op("Div", b.op("Mul", um1, x), b.op("Log", u))
+    ratio = b.op("Mul", um1, b.op("Div", x, b.op("Log", u)))
     out = b.where(b.op("Equal", um1, b.scalar(0, t)), x, ratio)
     out = b.where(b.op("Equal", um1, b.scalar(-1, t)), um1, out)
     return b.where(b.op("IsInf", u), u, out)
