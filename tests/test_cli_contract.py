@@ -243,8 +243,10 @@ def test_the_factory_runs_inside_the_mesh(models, tmp_path):
     import jax
     with jax.set_mesh(jax.make_mesh((1,), ("model",))):  # the same weights on one device
         want = np.asarray(_load_model(models, "sharded")(x))
-    with np.load(tmp_path / "y.npz") as saved:
-        np.testing.assert_array_equal(saved[saved.files[0]], want)
+    with np.load(tmp_path / "y.npz") as saved:  # the artifact runs sharded: each device
+        # multiplies by a 4-column block, which XLA:CPU's dot rounds differently from the 8-column
+        # product (bit-exactness against jax.jit on the same mesh: tests/test_distributed.py)
+        np.testing.assert_allclose(saved[saved.files[0]], want, rtol=2e-6, atol=1e-7)
     r = nnxc_cmd("compile", f"{models}:sharded", "-i", "x:f32[B,4]", "-o", str(art), "-q")
     assert r.returncode == 1
     (line,) = error_lines(r.stderr)

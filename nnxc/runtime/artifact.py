@@ -22,6 +22,8 @@ described in ``artifact_format``; the manifest holds:
 - ``weights``: path -> stored ``{"dtype", "shape"}`` (key-typed variables are stored as their
   ``jax.random.key_data`` and wrapped again on load)
 - ``sections`` / ``payload``: layout and sha256 of the payload (see ``artifact_format``)
+- ``sharding`` (only in artifacts saved with ``mesh=``): the mesh, each variable's, input's
+  and output's PartitionSpec and a sha256 per weight shard (see ``nnxc.runtime.distributed``)
 
 Only updated variables are returned by the exported function, so running an inference
 artifact does not copy its weights on every call.
@@ -58,15 +60,21 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # -- saving ------------------------------------------------------------------------
 
 def save(graph_or_compiled, path: str | os.PathLike, platforms=("cpu",), passes=None,
-         state: dict | None = None) -> dict:
+         state: dict | None = None, mesh=None, shard: dict | None = None) -> dict:
     """Write ``graph_or_compiled`` (an IR Graph or ``nnxc.compile`` result) to ``path``.
 
     ``platforms``: a subset of cpu, cuda, rocm, tpu (a sequence or ``"cpu,cuda,tpu"``);
     ``passes``: optionally an ``nnxc.optimize`` pipeline applied first; ``state``: variable
     values overriding the held ones (a Compiled's current state, else the traced values).
+    ``mesh`` (a jax Mesh, AbstractMesh or ``"data=2,model=4"``; default: a Compiled's own)
+    saves a sharded artifact, variables split by their partitioning metadata or ``shard``
+    (path glob -> PartitionSpec), for ``nnxc.load(path, mesh=...)`` in one or many processes.
     Returns the manifest written.
     """
     graph, values = _graph_and_state(graph_or_compiled)
+    if mesh is None:
+        mesh = getattr(graph_or_compiled, "mesh", None)
+        shard = shard if shard is not None else getattr(graph_or_compiled, "shard", None)
     values.update(state or {})
     if passes is not None:
         from ..passes import optimize
@@ -77,8 +85,12 @@ def save(graph_or_compiled, path: str | os.PathLike, platforms=("cpu",), passes=
     platforms = _platforms(platforms)
     inputs = [v for v in graph.variables if not v.meta.get("new")]
     returned = updated_paths(graph)
-    exported = _export(graph, platforms)
-    weights, weight_specs = _weights(inputs, values)
+    placement = None
+    if mesh is not None:
+        from .distributed import placement_for
+        mesh, placement = placement_for(graph, mesh, shard)
+    exported = _export(graph, platforms, placement)
+    weights, weight_specs, tensors = _weights(inputs, values)
     in_obj = _placeholder(graph.in_tree, len(graph.inputs))
     out_obj = _placeholder(graph.out_tree, len(graph.outputs))
     manifest = {
@@ -101,7 +113,11 @@ def save(graph_or_compiled, path: str | os.PathLike, platforms=("cpu",), passes=
         "exported": {"calling_convention_version": exported.calling_convention_version,
                      "nr_devices": exported.nr_devices},
     }
-    data, manifest = fmt.pack(manifest, {"exported": exported.serialize(), "weights": weights})
+    blob = exported.serialize()
+    if placement is not None:
+        from .distributed import sharding_entry
+        manifest["sharding"] = sharding_entry(graph, mesh, placement, tensors, blob, weights)
+    data, manifest = fmt.pack(manifest, {"exported": blob, "weights": weights})
     fmt.write_atomic(path, data)
     return manifest
 
@@ -127,7 +143,7 @@ def _platforms(platforms) -> tuple[str, ...]:
     return platforms
 
 
-def _export(graph: Graph, platforms) -> jax.export.Exported:
+def _export(graph: Graph, platforms, placement: dict | None = None) -> jax.export.Exported:
     from ..backends.xla.compile import _struct
     from ..backends.xla.lower import run_graph
     inputs = [v for v in graph.variables if not v.meta.get("new")]
@@ -137,7 +153,8 @@ def _export(graph: Graph, platforms) -> jax.export.Exported:
     var_structs = [_struct(v.value.type) for v in inputs]
     arg_structs = [_struct(v.type, env) for v in graph.inputs]
     try:
-        return jax.export.export(jax.jit(model), platforms=platforms)(var_structs, arg_structs)
+        return jax.export.export(jax.jit(model, **(placement or {})),
+                                 platforms=platforms)(var_structs, arg_structs)
     except NnxcError:
         raise
     except Exception as e:  # noqa: BLE001 - lowering errors come in many types
@@ -145,7 +162,7 @@ def _export(graph: Graph, platforms) -> jax.export.Exported:
                         f"{type(e).__name__}: {e}") from e
 
 
-def _weights(inputs, values: dict) -> tuple[bytes, dict]:
+def _weights(inputs, values: dict) -> tuple[bytes, dict, dict]:
     from safetensors.numpy import save as st_save
     missing = [v.path for v in inputs if values.get(v.path) is None]
     if missing:
@@ -165,7 +182,7 @@ def _weights(inputs, values: dict) -> tuple[bytes, dict]:
                             f"the graph expects {want}")
         tensors[v.path] = a
         specs[v.path] = {"dtype": dtype_name(a.dtype), "shape": list(a.shape)}
-    return st_save(tensors), specs
+    return st_save(tensors), specs, tensors
 
 
 def _spec(name: str, t) -> dict:
@@ -261,16 +278,26 @@ def _leaf_names(obj) -> list[str]:
 
 # -- loading -----------------------------------------------------------------------
 
-def load(path: str | os.PathLike) -> "Artifact":
+def load(path: str | os.PathLike, mesh=None) -> "Artifact":
     """Read and verify an artifact; the result runs it on the current platform.
 
     The file is memory-mapped and read in place: the weights are copied once, into the
     JAX arrays of ``Artifact.state``, and the mapping is closed before returning. Every
     check runs here, before anything can run (see ``Artifact``): a broken, edited or
     crafted file raises ArtifactError naming the file, the place and what is wrong.
+    A sharded artifact (saved with ``mesh=``) loads on ``mesh`` (default: one made from the
+    manifest over all devices), each process reading and checking only its own shards
+    (see ``nnxc.runtime.distributed.ShardedArtifact``).
     """
-    with fmt.mapped(path) as art:
+    with fmt.mapped(path, verify_payload=False) as art:
+        if "sharding" not in art.manifest:
+            if mesh is not None:
+                raise NnxcError(f"{os.fspath(path)} was saved without a mesh; load it without mesh=")
+            art.verify_payload()
         try:
+            if "sharding" in art.manifest:
+                from .distributed import ShardedArtifact
+                return ShardedArtifact(art.manifest, art.sections, art.release, mesh=mesh)
             return Artifact(art.manifest, art.sections, art.release)
         except ArtifactError as e:
             raise ArtifactError(f"{os.fspath(path)}: {e}") from None
@@ -309,17 +336,22 @@ class Artifact:
         self._var_paths = spec.var_paths
         self._returned = spec.returned
         self._inputs = [(n, tuple(s), d, to_dtype(d)) for n, s, d in spec.inputs]
-        self.state = _read_weights(
-            sections["weights"], manifest, manifest["variables"],
-            None if release is None else functools.partial(release, "weights"))
+        self.state = self._read_state(
+            sections["weights"], None if release is None else functools.partial(release, "weights"))
         self._var_structs = [jax.ShapeDtypeStruct(self.state[p].shape, self.state[p].dtype)
                              for p in self._var_paths]
         in_obj = rebuild(manifest["input_tree"], list(range(len(self._inputs))))
         self._in_tree = jax.tree_util.tree_structure(in_obj)
         self._in_exact = not _has_class(manifest["input_tree"])
         self._out_tree = manifest["output_tree"]
-        self._call = jax.jit(self.exported.call)
+        self._call = self._jit()
         self._executables: dict[tuple, Any] = {}
+
+    def _read_state(self, section, release) -> dict:
+        return _read_weights(section, self.manifest, self.manifest["variables"], release)
+
+    def _jit(self):
+        return jax.jit(self.exported.call)
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -356,10 +388,13 @@ class Artifact:
             raise NnxcError(f"no value for variable(s) {', '.join(missing[:5])}"
                             + (" ..." if len(missing) > 5 else "")) from None
         try:
-            return exe(var_leaves, leaves)
+            return exe(var_leaves, self._place_args(leaves))
         except (TypeError, ValueError) as e:
             self._check_state(state)
             raise NnxcError(f"running {self.manifest.get('name')}: {e}") from e
+
+    def _place_args(self, leaves: list) -> list:
+        return leaves  # a sharded artifact makes global arrays of them
 
     def _prepare(self, args) -> tuple[list, Any]:
         """Check the arguments against the manifest; compile for their shapes once."""

@@ -22,7 +22,10 @@ Readers are looked up by version in ``READERS``; a format change bumps FORMAT_VE
 keeps the reader of every older version, and tools/make_golden_artifact.py adds a golden
 file for the new version to tests/golden_artifacts (the old goldens stay and must load).
 ``mapped`` reads a file through a read-only memory map, hashing it in chunks, so loading
-needs no copy of the file in memory; ``read`` returns copies of the sections.
+needs no copy of the file in memory; ``read`` returns copies of the sections. A sharded
+artifact (its manifest has ``sharding``, see ``nnxc.runtime.distributed``) also records a
+sha256 of every distinct weight shard: ``mapped(path, verify_payload=False)`` then checks
+everything but the payload hash, and each process checks only the bytes it reads.
 The ``exported`` section is ``jax.export`` serialization, readable under jax's own
 compatibility guarantees for serialized modules.
 """
@@ -93,18 +96,22 @@ class mapped:
     truncated while mapped; nnxc itself only replaces artifacts by rename.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, verify_payload: bool = True):
         self.path = path = os.fspath(path)
         self._mm = _map_regular_file(path)
         self._view = memoryview(self._mm if self._mm is not None else b"")
         self.sections: dict[str, memoryview] = {}
         try:
-            self.manifest, self._layout = _verify(path, self._view, self._drop)
+            self.manifest, self._layout = _verify(path, self._view, self._drop, verify_payload)
         except BaseException:
             self.close()
             raise
         self.sections = {name: self._view[start:start + length]
                          for name, (start, length) in self._layout.items()}
+
+    def verify_payload(self) -> None:
+        """The payload sha256 check ``verify_payload=False`` left out (ArtifactError on a mismatch)."""
+        _check_payload_hash(self.path, self.manifest, self._view, self._drop)
 
     def release(self, name: str, start: int, end: int) -> None:
         """Drop the pages of bytes ``start:end`` of section ``name`` from this process (they
@@ -182,8 +189,8 @@ def _no_drop(start: int, end: int) -> None:
     pass
 
 
-def _verify(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_drop
-            ) -> tuple[dict, dict[str, tuple[int, int]]]:
+def _verify(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_drop,
+            verify_payload: bool = True) -> tuple[dict, dict[str, tuple[int, int]]]:
     """(manifest, section name -> (file offset, length)) of the artifact bytes ``data``."""
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise ArtifactError(f"{path} is not an nnxc artifact (bad magic bytes "
@@ -199,11 +206,11 @@ def _verify(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_
         raise ArtifactError(f"{path}: artifact format version {version} is not supported by "
                             f"this nnxc (reads versions {', '.join(map(str, sorted(READERS)))}); "
                             f"{hint}")
-    return reader(path, data, drop)
+    return reader(path, data, drop, verify_payload)
 
 
-def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_drop
-             ) -> tuple[dict, dict[str, tuple[int, int]]]:
+def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no_drop,
+             verify_payload: bool = True) -> tuple[dict, dict[str, tuple[int, int]]]:
     _, version, flags, mlen, mhash = _HEADER.unpack_from(data)
     if flags != 0:
         raise ArtifactError(f"{path}: corrupted artifact (unknown header flags {flags:#x})")
@@ -235,15 +242,22 @@ def _read_v1(path: str, data: memoryview, drop: Callable[[int, int], None] = _no
     if have > want:
         raise ArtifactError(f"{path}: corrupted artifact ({have - want} unexpected "
                             "trailing bytes)")
-    if _sha256(data, base, base + want, drop).hexdigest() != digest:
-        raise ArtifactError(f"{path}: corrupted artifact (payload sha256 mismatch: the content "
-                            "changed after it was written)")
+    if verify_payload:
+        _check_payload_hash(path, manifest, data, drop)
     sections = {}
     for name, (start, length) in layout.items():
         if start < 0 or length < 0 or start + length > want:
             raise ArtifactError(f"{path}: corrupted artifact (section {name!r} out of bounds)")
         sections[name] = (base + start, length)
     return manifest, sections
+
+
+def _check_payload_hash(path: str, manifest: dict, data: memoryview,
+                        drop: Callable[[int, int], None] = _no_drop) -> None:
+    base = len(data) - manifest["payload"]["length"]  # the length was checked by the reader
+    if _sha256(data, base, len(data), drop).hexdigest() != manifest["payload"]["sha256"]:
+        raise ArtifactError(f"{path}: corrupted artifact (payload sha256 mismatch: the content "
+                            "changed after it was written)")
 
 
 def _is_size(x) -> bool:
@@ -274,6 +288,6 @@ def _sections_entry(path: str, manifest: dict) -> dict[str, tuple[int, int]]:
     return layout
 
 
-# version -> reader(path, file bytes, drop(start, end)) -> (manifest, name -> (offset, length));
-# ``drop`` may be called on byte ranges the reader is done with
+# version -> reader(path, file bytes, drop(start, end), verify_payload) -> (manifest, name ->
+# (offset, length)); ``drop`` may be called on byte ranges the reader is done with
 READERS: dict[int, Callable[..., tuple[dict, dict[str, tuple[int, int]]]]] = {1: _read_v1}

@@ -29,10 +29,11 @@ class Compiled:
     per input shape (once, for graphs without symbolic dims).
     """
 
-    def __init__(self, graph: Graph, state: dict | None = None, mesh=None):
+    def __init__(self, graph: Graph, state: dict | None = None, mesh=None, shard=None):
         require_constant_data(graph)  # a graph parsed from text with elided<hash> constants
         self.graph = graph
         self.mesh = mesh
+        self.shard = shard
         self._inputs = [v for v in graph.variables if not v.meta.get("new")]
         self._updated = updated_paths(graph)
         self.state: dict[str, Any] = {v.path: v.data for v in self._inputs}
@@ -42,7 +43,7 @@ class Compiled:
         if mesh is None:
             self._jitted = jax.jit(fn)
         else:
-            placement = shardings(graph, mesh)
+            placement = shardings(graph, mesh, shard)
             self._var_shardings = placement["in_shardings"][0]
             self._jitted = jax.jit(fn, **placement)
         self._executables: dict[tuple, Any] = {}
@@ -243,9 +244,10 @@ class Compiled:
         return {n: 1 for n in names}
 
 
-def compile(graph: Graph, state: dict | None = None, mesh=None) -> Compiled:  # noqa: A001
-    """Compile ``graph`` ahead of time for the current platform (on ``mesh``, sharded)."""
-    return Compiled(graph, state, mesh)
+def compile(graph: Graph, state: dict | None = None, mesh=None, shard=None) -> Compiled:  # noqa: A001
+    """Compile ``graph`` ahead of time for the current platform (on ``mesh``, sharded; ``shard``
+    maps variable path globs to PartitionSpecs overriding the model's own, see ``shardings``)."""
+    return Compiled(graph, state, mesh, shard)
 
 
 SHARDING_KEYS = ("out_sharding", "sharding_names", "sharding")
@@ -259,14 +261,77 @@ def partition_names(meta: dict, rank: int, axis_names) -> tuple:
     return tuple(n if n in axis_names else None for n in names)
 
 
-def shardings(graph: Graph, mesh) -> dict:
-    """jit in/out shardings: variables by their partitioning metadata, data inputs split
-    along their leading dim over a ``data`` axis (when the mesh has one), outputs replicated."""
+def variable_specs(graph: Graph, axis_names, shard=None) -> dict:
+    """path -> PartitionSpec of each variable: its partitioning metadata restricted to the
+    mesh axes, or the first ``shard`` entry (path glob -> PartitionSpec, tuple or text like
+    ``"None,model"``) matching its path. A glob matching no variable, a spec naming an axis
+    the mesh lacks or of another rank is an NnxcError."""
+    import fnmatch
+
+    from jax.sharding import PartitionSpec as P
+    rules = [(glob, parse_spec(s) if isinstance(s, str) else P(*s)) for glob, s in (shard or {}).items()]
+    used, out = set(), {}
+    for v in graph.variables:
+        rank = v.value.type.rank
+        spec = P(*partition_names(v.meta, rank, axis_names))
+        for glob, s in rules:
+            if fnmatch.fnmatchcase(v.path, glob):
+                used.add(glob)
+                if len(s) > rank:
+                    raise NnxcError(f"shard {glob}={_spec_text(s)}: variable {v.path} has rank {rank}, "
+                                    f"the spec names {len(s)} dims")
+                spec = s
+                break
+        out[v.path] = spec
+    for glob, s in rules:
+        if glob not in used:
+            raise NnxcError(f"shard {glob}={_spec_text(s)}: no variable matches {glob!r} "
+                            f"(variables: {', '.join(v.path for v in graph.variables[:6])}"
+                            f"{' ...' if len(graph.variables) > 6 else ''})")
+        bad = [a for e in s for a in ((e,) if isinstance(e, str) else (e or ())) if a not in axis_names]
+        if bad:
+            raise NnxcError(f"shard {glob}={_spec_text(s)}: the mesh has no axis {bad[0]!r} "
+                            f"(axes: {', '.join(axis_names)})")
+    return out
+
+
+def parse_spec(text: str):
+    """``"None,model"`` / ``"(data+fsdp, None)"`` / ``""`` (replicated) -> a PartitionSpec;
+    ``+`` joins the mesh axes one dim is split over."""
+    from jax.sharding import PartitionSpec as P
+    body = text.strip()
+    if body.startswith("P(") and body.endswith(")"):
+        body = body[2:-1]
+    body = body.strip().strip("()[]")
+    items = [t.strip().strip("'\"") for t in body.split(",")] if body.strip() else []
+    if items and items[-1] == "" and len(items) > 1:
+        items.pop()  # a trailing comma: "model,"
+    out = []
+    for t in items:
+        names = [n.strip().strip("'\"") for n in t.split("+")]
+        if t in ("None", "none", "_", "-"):
+            out.append(None)
+        elif all(n.isidentifier() for n in names):
+            out.append(names[0] if len(names) == 1 else tuple(names))
+        else:
+            raise NnxcError(f"bad partition spec {text!r}: expected mesh axis names or None per "
+                            "dim, separated by commas, like None,model (a+b splits a dim over two axes)")
+    return P(*out)
+
+
+def _spec_text(spec) -> str:
+    return ",".join("None" if e is None else e if isinstance(e, str) else "+".join(e) for e in spec)
+
+
+def shardings(graph: Graph, mesh, shard=None) -> dict:
+    """jit in/out shardings: variables by their partitioning metadata (or ``shard`` overrides,
+    see ``variable_specs``), data inputs split along their leading dim over a ``data`` axis
+    (when the mesh has one), outputs replicated."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
     axes = mesh.axis_names
-    var = [NamedSharding(mesh, P(*partition_names(v.meta, v.value.type.rank, axes)))
-           for v in graph.variables]
+    specs = variable_specs(graph, axes, shard)
+    var = [NamedSharding(mesh, specs[v.path]) for v in graph.variables]
     batch = "data" if "data" in axes else None
     args = [NamedSharding(mesh, P(batch) if batch and v.type.rank else P()) for v in graph.inputs]
     inputs = [s for s, v in zip(var, graph.variables) if not v.meta.get("new")]

@@ -220,4 +220,4 @@ def _unrolled_cost(compiled, structs, notes: list) -> dict | None:
     for node in copy.walk():
         if node.op == "scan" and int(node.attrs["length"]) > 1:
             node.attrs["unroll"] = int(node.attrs["length"])
-    return Compiled(copy, mesh=compiled.mesh).cost_analysis(*structs)
+    return Compiled(copy, mesh=compiled.mesh, shard=compiled.shard).cost_analysis(*structs)
