@@ -7,6 +7,7 @@ import warnings
 
 from ..errors import NnxcError, NnxcWarning, SpecError
 from .commands import cmd_check, cmd_compile, cmd_export, cmd_ir, cmd_passes, cmd_run
+from .distributed import add_compile_args, add_run_args
 from .models import load_factory, parse_inputs, parse_kwargs  # noqa: F401 - public helpers
 
 EXIT_FAIL, EXIT_USAGE = 1, 2
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sizes of symbolic dims for the --dump-dir HLO and cost report (default 1)")
     p.add_argument("--mesh", metavar="AXES", type=_mesh_text,
                    help="compile sharded on a mesh, e.g. data=2,model=4 (the factory runs inside it)")
+    add_compile_args(p)
     p.add_argument("--cost", action="store_true",
                    help="print FLOPs (with loop trip counts, and XLA's own figure), bytes accessed, "
                         "peak memory and argument/output/temp sizes, per module, at --dims sizes")
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the outputs to this .npz")
     p.add_argument("--repeat", type=_count, default=10, help="timed runs after the first (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no progress")
+    add_run_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("passes", help="list the optimization passes and presets")

@@ -7,6 +7,7 @@ import sys
 from ..errors import NnxcError, SpecError
 from .models import fit_dtype, load_array, trace_model
 from .stages import Stages
+from .distributed import cmd_run_processes, shard_overrides, wants_processes
 
 EXIT_FAIL = 1
 
@@ -197,8 +198,9 @@ def cmd_compile(args) -> int:
     _check_static_batch(graph, mesh)
     structs = _dump_structs(graph, dims, mesh, symbolic) if dump else None
     what = "XLA" + (f" on mesh {args.mesh}" if mesh else "")
+    shard = shard_overrides(args, graph, mesh)
     with stages.stage("compile", what) as st:
-        exe = xla_compile(graph, mesh=mesh)
+        exe = xla_compile(graph, mesh=mesh, shard=shard)
         if symbolic:  # nothing to compile until the symbolic dims have sizes
             st.mark = "–"
             st.detail = (f"{what}: deferred until concrete sizes exist ({', '.join(symbolic)} symbolic); "
@@ -308,6 +310,8 @@ def cmd_run(args) -> int:
 
     from ..runtime.artifact import load
     from ..runtime.bench import timings
+    if wants_processes(args):
+        return cmd_run_processes(args)
     if not os.path.isfile(args.artifact):
         raise SpecError(f"artifact not found: {args.artifact}")
     stages = Stages(args.quiet)
