@@ -109,6 +109,11 @@ def test_each_process_reads_only_its_share_of_the_weights(decoder):
         share = w["model_across"]["local_weight_bytes"]
         assert 0.45 * total < share < 0.6 * total, (share, total)
     assert workers[0]["data_across"]["rows"] == [0, 4] and workers[1]["data_across"]["rows"] == [4, 8]
+    # on its devices each process holds half of what the mesh's 8 devices hold: data=2 keeps
+    # two copies of the model (plus the unsplit weights on every device), one per process
+    for layout in ("data_across", "model_across"):
+        held = [w[layout]["device_bytes"] for w in workers]
+        assert held[0] == held[1] and total <= held[0] < 1.1 * total, (layout, held, total)
 
 
 def test_the_reduction_whose_order_changes_is_the_all_reduce(decoder):
