@@ -85,6 +85,41 @@ def record_types() -> dict[str, type]:
     }
 
 
+def sharding_spec(v) -> tuple | None:
+    """The axes of a ``NamedSharding`` or ``PartitionSpec`` param (ops traced under a mesh
+    carry their output's sharding) as a tuple of None / axis name / tuple of names; None for
+    anything else. ``UNCONSTRAINED`` entries are not representable: ValueError."""
+    if isinstance(v, jax.sharding.NamedSharding):
+        v = v.spec
+    elif not isinstance(v, jax.sharding.PartitionSpec):
+        return None
+    out = []
+    for axis in tuple(v):
+        if axis is None or isinstance(axis, str):
+            out.append(axis)
+        elif isinstance(axis, tuple) and all(isinstance(a, str) for a in axis):
+            out.append(tuple(axis))
+        else:
+            raise ValueError(f"sharding entry {axis!r} in {v!r}")
+    return tuple(out)
+
+
+def is_partition_spec(v) -> bool:
+    return isinstance(v, jax.sharding.PartitionSpec)
+
+
+def sharding_from_spec(kind: str, spec: tuple):
+    """The param back from ``sharding_spec``: a NamedSharding on the abstract mesh the graph is
+    being lowered under (or a PartitionSpec). None, JAX's "no sharding given", when no mesh
+    with those axes is set: the values do not depend on it, only the placement."""
+    mesh = jax.sharding.get_abstract_mesh()
+    names = {a for axis in spec if axis is not None for a in ((axis,) if isinstance(axis, str) else axis)}
+    if mesh.empty or not names <= set(mesh.axis_names):
+        return None
+    p = jax.sharding.PartitionSpec(*spec)
+    return jax.sharding.NamedSharding(mesh, p) if kind == "NamedSharding" else p
+
+
 @functools.cache
 def enum_types() -> dict[str, type]:
     """JAX's enum param types by name."""

@@ -49,6 +49,13 @@ def encode_param(v: Any) -> Any:
                                               for f in dataclasses.fields(v)))
     if str(v).startswith("key<"):  # a PRNG key dtype
         return DType(str(v))
+    try:
+        spec = jx.sharding_spec(v)
+    except ValueError as e:
+        raise UnsupportedParam(str(e)) from None
+    if spec is not None:  # traced under a mesh: the spec, the mesh is the one compiled under
+        kind = "PartitionSpec" if jx.is_partition_spec(v) else "NamedSharding"
+        return Record(kind, (("spec", spec),))
     raise UnsupportedParam(f"parameter of type {type(v).__name__} ({v!r:.60})")
 
 
@@ -66,6 +73,8 @@ def decode_param(v: Any, dims: dict | None = None) -> Any:
     if isinstance(v, Record):
         if v.cls == "PRNGImpl":
             return jx.prng_impl(v.get("name"))
+        if v.cls in ("NamedSharding", "PartitionSpec"):
+            return jx.sharding_from_spec(v.cls, v.get("spec"))
         cls = jx.record_types().get(v.cls)
         if cls is None:
             raise UnsupportedParam(f"unknown record type {v.cls}")
