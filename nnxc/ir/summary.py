@@ -27,6 +27,14 @@ def _size(t: TensorType, dims: dict) -> int:
     return n
 
 
+def _trips(length, dims: dict) -> int:
+    """A scan's length: an int, or a symbolic one (a scan over ``T``) at the sizes ``dims``."""
+    if isinstance(length, int):
+        return length
+    from .params import decode_param
+    return int(decode_param(length, dict(dims)))
+
+
 def _dim(t: TensorType, i: int, dims: dict) -> int:
     from .params import eval_dim
     d = t.shape[i]
@@ -106,7 +114,7 @@ def module_table(graph: Graph, dims: dict | None = None, depth: int = 1) -> list
             row["nodes"] += 1
             row["ops"][node.op] += 1
             if node.regions:  # charge region bodies to their own modules (a scanned stack)
-                trips = node.attrs["length"] if node.op == "scan" else 1
+                trips = _trips(node.attrs["length"], dims) if node.op == "scan" else 1
                 for region in node.regions[:1] if node.op == "scan" else node.regions:
                     visit(region.nodes, times * trips)
             else:

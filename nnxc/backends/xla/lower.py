@@ -124,8 +124,10 @@ def _scan(node, args, dims):
         outs = run_region(body, [*consts, *c, *x], dims)
         return outs[:ncarry], outs[ncarry:]
 
-    carry, ys = lax.scan(step, list(carry), list(xs), length=a["length"], reverse=a["reverse"],
-                         unroll=a.get("unroll", 1))
+    # with xs, lax.scan takes the length from them: a symbolic length (a scan over T) cannot
+    # go through its int() check of the `length` argument
+    carry, ys = lax.scan(step, list(carry), list(xs), length=None if xs else a["length"],
+                         reverse=a["reverse"], unroll=a.get("unroll", 1))
     return [*carry, *ys]
 
 
