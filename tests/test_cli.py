@@ -156,3 +156,29 @@ def test_passes_lists_every_pass_and_preset(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in PASSES) and all(f"  {name} " in out for name in PRESETS)
+
+
+def test_numpy_on_a_traced_parameter_is_reported_with_its_line_and_a_fix(tmp_path, capsys):
+    """A model that calls np.asarray on a parameter inside __call__ (a DINOv3-style ViT does):
+    the error names the file and line, JAX's first line, and what to write instead."""
+    src = tmp_path / "npmodel.py"
+    src.write_text(textwrap.dedent("""\
+        import numpy as np
+        import jax.numpy as jnp
+        from flax import nnx
+
+        class M(nnx.Module):
+            def __init__(self):
+                self.w = nnx.Param(jnp.ones((4, 4)))
+
+            def __call__(self, x):
+                return x @ np.asarray(self.w[...])
+
+        def m():
+            return M()
+        """))
+    assert main(["ir", f"{src}:m", "-i", "x:f32[2,4]"]) == 1
+    err = capsys.readouterr().err
+    assert f"TracerArrayConversionError at {src}:10: " in err
+    assert "use jnp.asarray" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 4

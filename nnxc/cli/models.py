@@ -54,7 +54,24 @@ def _short_exc(e: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if "site-packages" not in f.filename and not f.filename.startswith(own)]
     where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    hint = _TRACING_HINTS.get(type(e).__name__)
+    if hint:  # JAX's own text is a page long: its first line, then what to do
+        first = (str(e).splitlines() or [""])[0]
+        return f"{type(e).__name__}{where}: {first}\n  {hint}"
     return f"{type(e).__name__}: {e}{where}"
+
+
+# JAX errors of model code that needs concrete values where nnxc traces abstract ones
+_TRACING_HINTS = {
+    "TracerArrayConversionError": "the model turns a traced array into a NumPy array (np.asarray, "
+                                  "np.array): use jnp.asarray, or compute it from constants outside "
+                                  "__call__",
+    "ConcretizationTypeError": "the model needs a concrete value (Python if/for/int() on an array): "
+                               "use jnp.where / lax.cond / lax.fori_loop, or make it a static argument",
+    "TracerBoolConversionError": "the model branches in Python on an array: use jnp.where or lax.cond",
+    "TracerIntegerConversionError": "the model calls int() or indexes a Python list with an array: "
+                                    "keep that value static",
+}
 
 
 def parse_inputs(items: list[str]) -> tuple[list[str], list[str]]:
