@@ -228,6 +228,17 @@ class Compiled:
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {n: int(getattr(stats, n)) for n in names if hasattr(stats, n)}
 
+    def collectives(self, *arg_structs, dims: dict | None = None) -> list[dict]:
+        """The collectives XLA inserted when partitioning over the mesh (none without one),
+        one dict per HLO instruction: ``op``, ``module`` (nnxc module path, "" for the graph),
+        ``shape``, ``bytes``, ``axes`` (mesh axes spanned) and ``op_name``, for the given flat
+        input structs or ``dims`` (sizes of symbolic dims, default 1). Summarize with
+        ``nnxc.backends.xla.collectives.collectives_by_module`` / ``format_collectives``."""
+        from .collectives import hlo_collectives
+        structs = list(arg_structs) or self._arg_structs(dict(self._example_dims(), **(dims or {})))
+        paths = {n.path for n in self.graph.walk() if n.path}
+        return hlo_collectives(self._executable(structs).as_text(), paths, self.mesh)
+
     def cost(self, *arg_structs, dims: dict | None = None, depth: int | None = None):
         """FLOPs (with loop trip counts, and XLA's own figure, which counts each loop body
         once), bytes accessed, peak memory and argument/output/temporary sizes, and FLOPs per
