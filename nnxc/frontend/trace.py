@@ -25,12 +25,14 @@ from .jaxpr import jaxpr_to_graph
 from .specs import abstract_args, concrete_shape
 
 # keyword arguments of nnxc.trace itself; every other keyword goes to the model call
-_OWN = ("method", "variables", "mutable", "rngs", "name", "checkpoint", "weights")
+_OWN = ("method", "variables", "mutable", "rngs", "name", "checkpoint", "weights",
+        "logical_axis_rules")
 _NOISE_META = {"hijax", "ref", "eager_sharding"}
 
 
 def trace(obj, *args, method: str | None = None, variables=None, mutable=False, rngs=None,
-          name: str | None = None, checkpoint=None, weights=None, **kwargs) -> Graph:
+          name: str | None = None, checkpoint=None, weights=None, logical_axis_rules=None,
+          **kwargs) -> Graph:
     """Trace ``obj`` on example ``args`` into a Graph.
 
     ``obj``: an ``nnx.Module``; a Linen module (with ``variables=``, or lazily initialized
@@ -39,6 +41,11 @@ def trace(obj, *args, method: str | None = None, variables=None, mutable=False, 
     ``checkpoint=DIR`` (an Orbax checkpoint of ``nnx.state(model)`` or of Linen variables)
     or ``weights=FILE.safetensors`` (keyed by variable path) replace the model's variables
     first, on a copy (see ``nnxc.frontend.checkpoint``).
+    Linen variables boxed by ``nn.with_partitioning`` keep their mesh axis names as
+    ``out_sharding`` metadata (as NNX variables do); ``nn.with_logical_partitioning`` names
+    are mapped to mesh axes by the box's own rules, else ``logical_axis_rules=`` (pairs
+    ``(logical name, mesh axes)``, as ``nn.logical_axis_rules`` takes), else the rules of an
+    enclosing ``with nn.logical_axis_rules(...)``.
     """
     from .capture import capture_parts, trace_capture
     parts = capture_parts(obj)
@@ -46,11 +53,12 @@ def trace(obj, *args, method: str | None = None, variables=None, mutable=False, 
         source = {k: v for k, v in (("checkpoint", checkpoint), ("weights", weights)) if v is not None}
         return trace_capture(parts, list(args), kwargs, method, source)
     with gc_paused():
-        return _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint, weights)
+        return _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint, weights,
+                      logical_axis_rules)
 
 
 def _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint=None,
-           weights=None) -> Graph:
+           weights=None, logical_axis_rules=None) -> Graph:
     kwargs, array_kwargs = _split_kwargs(kwargs)
     positional = [a for a in args if not _is_node(a)]
     abstract = abstract_args(positional + list(array_kwargs.values()))
@@ -63,7 +71,8 @@ def _trace(obj, args, method, variables, mutable, rngs, name, kwargs, checkpoint
     if isinstance(obj, nnx.Module):
         graph = _trace_nnx(obj, abstract, kwargs, method or "__call__", name, kw)
     elif isinstance(obj, nn.Module):
-        graph = _trace_linen(obj, abstract, kwargs, variables, mutable, rngs, method, name, kw)
+        graph = _trace_linen(obj, abstract, kwargs, variables, mutable, rngs, method, name, kw,
+                             logical_axis_rules)
     elif callable(obj):
         fn = getattr(obj, method) if method else obj
         if any(_is_node(a) for a in args):
@@ -340,7 +349,52 @@ def _linen_interceptor(classes: dict, next_fun, args, kwargs, context):
         return next_fun(*args, **kwargs)
 
 
-def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, name, kw) -> Graph:
+def _linen_partitioning(variables, rules) -> dict:
+    """{key path of a boxed leaf: its meta}: ``out_sharding`` (mesh axes per dim) of
+    ``nn.Partitioned`` boxes, and for ``nn.LogicallyPartitioned`` ones also their
+    ``logical_names``, mapped through the box's rules, else ``rules``, else the rules of an
+    enclosing ``nn.logical_axis_rules`` (no rules anywhere: left unmapped, with a warning)."""
+    import warnings
+
+    from ..errors import NnxcWarning
+    from flax.core import meta as flax_meta
+    out, unmapped = {}, []
+    boxes = jax.tree_util.tree_flatten_with_path(
+        variables, is_leaf=lambda x: isinstance(x, flax_meta.Partitioned))[0]
+    for path, box in boxes:
+        if not isinstance(box, flax_meta.Partitioned) or box.names is None:
+            continue
+        meta = {}
+        names = tuple(box.names)
+        if isinstance(box, nn.LogicallyPartitioned):
+            meta["logical_names"] = names
+            given = box.rules if box.rules is not None else rules
+            given = given if given is not None else nn.get_logical_axis_rules()
+            if not given:
+                unmapped.append(_join([_key_name(k) for k in path[1:]] + ["value"]))
+                names = None
+            else:
+                try:
+                    names = tuple(nn.logical_to_mesh_axes(names, tuple(given)))
+                except (ValueError, TypeError) as e:
+                    raise NnxcError(f"Linen variable {_join(_key_name(k) for k in path)}: logical "
+                                    f"axis names {names} do not map to mesh axes: {e}") from None
+        if names is not None:
+            meta["out_sharding"] = names
+        try:
+            out[tuple(_key_name(k) for k in path)] = {k: encode_param(v) for k, v in meta.items()}
+        except UnsupportedParam:
+            continue  # e.g. PartitionSpec.UNCONSTRAINED: no fixed layout to record
+    if unmapped:
+        warnings.warn(f"Linen variable(s) {', '.join(unmapped[:3])}{' ...' if len(unmapped) > 3 else ''} "
+                      "have logical axis names but no logical axis rules map them to mesh axes, so "
+                      "they are not sharded: trace inside `with nn.logical_axis_rules(rules):` or "
+                      "pass nnxc.trace(..., logical_axis_rules=rules)", NnxcWarning, stacklevel=4)
+    return out
+
+
+def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, name, kw,
+                 logical_axis_rules=None) -> Graph:
     from flax.core import unfreeze
     user_module, user_variables, user_rngs = module, variables, rngs
     if module.scope is not None:  # bound: trace with its own variables, as calling it would
@@ -373,8 +427,10 @@ def _trace_linen(module, abstract, kwargs, variables, mutable, rngs, method, nam
             paths.append(_join(["rngs", *parts[1:]]))
     if len(set(paths)) != len(paths):  # the same name in two collections: keep them apart
         paths = [p if k == "RngKey" else f"{k}.{p}" for p, k in zip(paths, kinds)]
-    variables_ir = [Variable(Value(TensorType.of(leaf), p), p, k, {}, leaf)
-                    for (_, leaf), p, k in zip(flat, paths, kinds)]
+    boxed = _linen_partitioning(variables, logical_axis_rules)
+    variables_ir = [Variable(Value(TensorType.of(leaf), p), p, k,
+                             dict(boxed.get(tuple(_key_name(x) for x in kp[1:-1]), {})), leaf)
+                    for (kp, leaf), p, k in zip(flat, paths, kinds)]
     structs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, leaf in flat]
     path_of = {(k, _join([_key_name(x) for x in kp[2:]])): p
                for (kp, _), p, k in zip(flat, paths, kinds) if k != "RngKey"}
