@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true",
                    help="print parameters, bytes, FLOPs and nodes per module instead of the IR")
     p.add_argument("--depth", type=_count, default=1, help="module path depth of --summary rows")
+    p.add_argument("--mesh", metavar="AXES", type=_mesh_text,
+                   help="build and trace the model inside a mesh, e.g. data=2,model=4; --summary and "
+                        "the HTML page then list the collectives XLA inserts per module")
     p.set_defaults(func=cmd_ir)
 
     p = sub.add_parser("check", help="trace, compile and compare with the model's own output")

@@ -24,7 +24,8 @@ def cmd_ir(args) -> int:
     if args.diff and fmt not in ("text", "html"):
         raise SpecError(f"--diff writes text or html, not {fmt}")
     stages = Stages(args.quiet)
-    graph = trace_model(args, stages)
+    mesh = _mesh(args.mesh) if args.mesh else None
+    graph = trace_model(args, stages, mesh=mesh)
     with stages.stage("verify"):
         verify(graph)
     steps = None
@@ -37,9 +38,15 @@ def cmd_ir(args) -> int:
         graph = steps[-1].after if steps else graph
     else:
         graph = optimize_graph(args, graph, stages, dump_dir=args.dump_after_each)
+    collectives = _mesh_collectives(graph, mesh, stages) if mesh is not None and (
+        args.summary or fmt == "html") else None
     if args.summary:
         from ..ir.summary import format_module_table, module_table
         print(format_module_table(module_table(graph, depth=args.depth)))
+        if collectives is not None:
+            from ..backends.xla.collectives import format_collectives
+            print()
+            print(format_collectives(collectives))
         return 0
     with stages.stage("render", fmt):
         if steps is not None:
@@ -53,7 +60,7 @@ def cmd_ir(args) -> int:
             text = to_dot(graph, locs=not args.no_locs)
         elif fmt == "html":
             from ..ir.view import to_html
-            text = to_html(graph)
+            text = to_html(graph, collectives=collectives)
         else:
             text = graph.text(locs=not args.no_locs, full_constants=args.full_constants)
     if args.output and fmt == "text" and steps is None:
@@ -65,6 +72,18 @@ def cmd_ir(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _mesh_collectives(graph, mesh, stages) -> list:
+    """``nnxc ir --mesh``: compile on the mesh (symbolic dims at the data axis size) and list
+    the collectives XLA inserted, for the summary and the HTML view."""
+    from ..backends.xla.compile import compile as xla_compile
+    symbolic = _symbols(graph)
+    n = mesh.shape["data"] if "data" in mesh.axis_names else 1
+    _check_static_batch(graph, mesh)
+    with stages.stage("compile", "XLA on the mesh, for its collectives"):
+        exe = xla_compile(graph, mesh=mesh)
+        return exe.collectives(*_dump_structs(graph, {k: n for k in symbolic}, mesh, symbolic))
 
 
 def _pipeline(text: str):
@@ -221,11 +240,25 @@ def cmd_compile(args) -> int:
             cost = {k: v for k, v in exe.cost_analysis(*structs).items() if "{" not in k}  # totals only
             report = {"cost_analysis": cost, "memory_analysis": exe.memory_analysis(*structs),
                       "modules": rows, "dims": _dump_dims(symbolic, dims)}
+            if mesh is not None:
+                report["collectives"] = exe.collectives(*structs)
             atomic_write(os.path.join(dump, "report.json"), json.dumps(report, indent=2, default=str))
     if args.cost or args.cost_json:
         return _print_cost(args, exe, stages, _dump_dims(symbolic, dims))
     print(format_module_table(rows))
+    if mesh is not None:
+        print()
+        print(_collectives_text(exe, graph, dims, mesh, symbolic, stages))
     return 0
+
+
+def _collectives_text(exe, graph, dims, mesh, symbolic, stages) -> str:
+    """The per-module table of the collectives XLA inserted on the mesh (at --dims sizes)."""
+    from ..backends.xla.collectives import format_collectives
+    n = mesh.shape["data"] if "data" in mesh.axis_names else 1
+    structs = _dump_structs(graph, {k: dims.get(k, n) for k in symbolic}, mesh, symbolic)
+    with stages.stage("collectives", "from the compiled HLO"):
+        return format_collectives(exe.collectives(*structs))
 
 
 def _print_cost(args, exe, stages, sizes: dict) -> int:

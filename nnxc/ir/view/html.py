@@ -73,8 +73,11 @@ def _itemsize(dtype: str) -> int:
     return 8 if dtype.startswith("key") else np.dtype(to_dtype(dtype)).itemsize
 
 
-def page_data(graph: Graph, dims: dict | None = None) -> dict:
-    """Everything the page shows, as JSON-ready lists (see page.js for the field names)."""
+def page_data(graph: Graph, dims: dict | None = None, collectives: list | None = None) -> dict:
+    """Everything the page shows, as JSON-ready lists (see page.js for the field names).
+
+    ``collectives``: rows of ``Compiled.collectives()`` (a graph compiled on a mesh), shown
+    per module."""
     from ..summary import module_table, node_flops
     dims = default_dims(graph, dims)
     m = PageModel(graph)
@@ -144,6 +147,9 @@ def page_data(graph: Graph, dims: dict | None = None) -> dict:
         "MX": [None if x is None else [[FAMILIES.index(f), c] for f, c in sorted(x.items())] for x in mix],
         "E": edges, "TY": list(types), "DT": detail, "MC": classes, "V": variables, "CN": consts,
         "MT": _module_rows(graph, module_table, dims),
+        "CO": [[str(r["module"]), str(r["op"]), str(r["shape"]), int(r["bytes"]), str(r.get("axes", ""))]
+               for r in collectives or ()],
+        "MESH": collectives is not None,
     }
 
 
@@ -205,12 +211,15 @@ _TEMPLATE = """<!DOCTYPE html>
 """
 
 
-def to_html(graph: Graph, title: str | None = None, dims: dict | None = None) -> str:
-    """One self-contained HTML page to explore ``graph`` (modules collapsed, details on click)."""
+def to_html(graph: Graph, title: str | None = None, dims: dict | None = None,
+            collectives: list | None = None) -> str:
+    """One self-contained HTML page to explore ``graph`` (modules collapsed, details on click);
+    each variable shows its sharding, and with ``collectives`` (``Compiled.collectives()`` of
+    the graph compiled on a mesh) each module the collectives XLA inserted for it."""
     gc_on = gc.isenabled()
     gc.disable()  # many small lists and strings: full collections would cost O(heap) each
     try:
-        data = page_data(graph, dims)
+        data = page_data(graph, dims, collectives)
     finally:
         if gc_on:
             gc.enable()

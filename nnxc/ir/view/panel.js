@@ -61,8 +61,13 @@
       h += '<h3>Op families</h3>' + mixBars(i);
       const vars = D.V.map((x, c) => [x, c]).filter(([x]) => k === 'R' || x[0].startsWith(path + '.'));
       if (vars.length) h += `<h3>Variables (${vars.length})</h3><table class="vals">` + vars.slice(0, 200).map(([x, c]) =>
-        `<tr><td>${gov(c, k === 'R' ? x[0] : x[0].slice(path.length + 1))}</td><td>${esc(TY[x[2]])}</td></tr>`).join('') + '</table>' +
+        `<tr><td>${gov(c, k === 'R' ? x[0] : x[0].slice(path.length + 1))}</td><td>${esc(TY[x[2]])}</td><td class="sub">${esc(sharding(x[5]))}</td></tr>`).join('') + '</table>' +
         (vars.length > 200 ? `<div class="sub">and ${vars.length - 200} more</div>` : '');
+      if (D.MESH) {
+        const co = D.CO.filter((r) => k === 'R' || r[0] === path || r[0].startsWith(path + '.'));
+        h += `<h3>Collectives (${co.length})</h3>` + (co.length ? collectiveTable(co, k === 'R' ? '' : path)
+          : '<div class="sub">none: XLA inserted no communication for this module</div>');
+      }
       if (k === 'm') h += `<div style="margin-top:12px"><button data-toggle="${i}">${v.exp[i] ? 'Collapse' : 'Expand'}</button></div>`;
     } else {
       const [name, ty] = DT[i];
@@ -120,6 +125,17 @@
     }
   });
 
+  function sharding(meta) {  // a variable's partitioning, as the IR prints it
+    const m = meta.find(([a]) => a === 'out_sharding' || a === 'sharding_names' || a === 'sharding');
+    return m ? m[1] : '';
+  }
+  function collectiveTable(rows, base) {
+    const v = V();
+    return '<table class="vals" style="white-space:nowrap"><tr><th>module</th><th>op</th><th>result</th><th>bytes</th><th>over</th></tr>' +
+      rows.map(([mod, op, shape, bytes, axes]) => `<tr><td class="m" data-mod="${esc(mod || '<top>')}">${esc(mod === base ? (mod || '(graph)') : mod.slice(base ? base.length + 1 : 0))}</td>` +
+        `<td>${esc(op)}</td><td>${esc(shape)}</td><td>${v.fmtBytes(bytes)}</td><td>${esc(axes)}</td></tr>`).join('') + '</table>';
+  }
+
   // -- module table ------------------------------------------------------------------------------
   function modules() {
     const v = V(), sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
@@ -137,6 +153,8 @@
     });
     h += `<tr class="total"><td>total</td><td>${v.fmt(tot[0])}</td><td>${v.fmtBytes(tot[1])}</td><td>${v.fmt(tot[2])}</td><td>${v.comma(tot[3])}</td></tr></tbody></table>`;
     h += `<div class="sub" style="margin-top:10px">FLOPs at ${esc(D.dims)}; a scan body counts once per iteration. Click a module to show it.</div>`;
+    if (D.MESH) h += `<h3>Collectives XLA inserted (${D.CO.length})</h3>` + (D.CO.length ? collectiveTable(D.CO, '')
+      : '<div class="sub">none on this mesh</div>');
     $('#modules').innerHTML = D.MT.length ? h : '<div class="empty">no module table for this graph</div>';
   }
 
