@@ -62,10 +62,6 @@ TRACE_REFUSED = {
               "region yet; lax.reduce with +, *, max, min, and, or, xor binds reduce_sum etc. instead",
     "reduce_window": "its reducer is a jaxpr param (param 'jaxpr'), which the frontend does not turn into a "
                      "region yet; lax.reduce_window with +, max, min binds reduce_window_sum / max / min",
-    "select_and_gather_add": "its param select_prim is a JAX primitive (the forward-mode derivative of max "
-                             "pooling); no IR attribute holds one",
-    "select_and_scatter_add": "its param select_prim is a JAX primitive (jax.grad of max pooling); no IR "
-                              "attribute holds one",
     "sharding_constraint": "its params sharding (NamedSharding, SingleDeviceSharding) and context_mesh have "
                            "no IR attribute form",
     "device_put": "its param copy_semantics (ArrayCopySemantics) has no IR attribute form; drop "

@@ -38,6 +38,10 @@ def encode_param(v: Any) -> Any:
         return SymDim(str(v).replace(" ", ""))
     if isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic)):
         return DType(dtype_name(v))
+    if isinstance(v, jx.Primitive):  # select_and_scatter_add's select_prim (ge: max pooling)
+        if jx.primitive(v.name) is not v:
+            raise UnsupportedParam(f"primitive {v.name!r} is not one of JAX's own")
+        return Record("Primitive", (("name", v.name),))
     if type(v).__name__ == "PRNGImpl":  # a NamedTuple of functions: keep its name only
         return Record("PRNGImpl", (("name", v.name),))
     if hasattr(v, "_fields") and isinstance(v, tuple):
@@ -73,6 +77,11 @@ def decode_param(v: Any, dims: dict | None = None) -> Any:
     if isinstance(v, Record):
         if v.cls == "PRNGImpl":
             return jx.prng_impl(v.get("name"))
+        if v.cls == "Primitive":
+            prim = jx.primitive(v.get("name"))
+            if prim is None:
+                raise UnsupportedParam(f"unknown primitive {v.get('name')!r}")
+            return prim
         if v.cls in ("NamedSharding", "PartitionSpec"):
             return jx.sharding_from_spec(v.cls, v.get("spec"))
         cls = jx.record_types().get(v.cls)

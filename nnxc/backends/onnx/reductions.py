@@ -5,7 +5,7 @@ import numpy as np
 
 from ...ir.types import to_dtype
 from .shape import INT64_MAX, dim_add, dim_mul, interior_pad, pad_op, reshape
-from .table import Refused, rule
+from .table import Refused, need, rule
 
 
 def reduce(b, onnx_op: str, x: str, axes, keepdims: int = 0) -> str:
@@ -189,3 +189,105 @@ def _reduce_window(b, node, xs):
             y = b.op("Neg", y)
     y = reshape(b, y, [ot.shape[i] for i in perm])
     return b.cast(b.transpose(y, [perm.index(i) for i in range(rank)]), work, t)
+
+
+# -- select_and_scatter_add / select_and_gather_add: derivatives of max / min pooling --------
+#
+# Each window selects one operand element: with ``select_prim=ge`` (max pooling) the first
+# maximum in window order, with ``le`` (min pooling) the first minimum. Padding takes part as
+# the lowest value, first in order (XLA drops the gradient of a window of -inf that starts in
+# padding). MaxPool's Indices output finds the element (it keeps the first maximum), over the
+# windowed dims with the others folded into the batch, in f64 where -inf and padding become
+# -1e300 (MaxPool never picks a value at or below the lowest float). NaN inputs may select
+# another element than XLA (MaxPool skips NaN).
+
+def _pool_selection(b, node, operand: str, what: str):
+    """(flat indices into the padded layout, the windows' pooled value, layout) of the
+    element each window selects (the pooled value is -1e300 where all are -inf or padding)."""
+    a = node.attrs
+    prim = a["select_prim"].get("name")
+    if prim not in ("ge", "le"):
+        raise Refused(f"{what} with select_prim={prim} (ge and le, the derivatives of max and "
+                      "min pooling, are supported)")
+    if any(d != 1 for d in a.get("base_dilation", ())):
+        raise Refused(f"{what} with base dilation {a['base_dilation']}")
+    ot = node.inputs[1].type
+    rank, t = ot.rank, ot.dtype
+    win, strides, pads = a["window_dimensions"], a["window_strides"], [tuple(p) for p in a["padding"]]
+    wdil = a.get("window_dilation") or (1,) * rank
+    pooled = [i for i in range(rank) if (win[i], strides[i], pads[i], wdil[i]) != (1, 1, (0, 0), 1)]
+    if not pooled:
+        return None, None, None
+    if any(p < 0 for i in pooled for p in pads[i]):
+        raise Refused(f"{what} with negative padding {a['padding']}")
+    if not (t.startswith(("f", "bf")) or t in ("i8", "i16", "i32", "u8", "u16", "u32")):
+        raise Refused(f"{what} on {t}")
+    rest = [i for i in range(rank) if i not in pooled]
+    perm = rest + pooled
+    layout = _PoolLayout(ot, perm, pooled, pads)
+    x = reshape(b, b.cast(b.transpose(operand, perm), t, "f64"), layout.shape)
+    if prim == "le":
+        x = b.op("Neg", x)
+    lowest = b.scalar(-1e300, "f64")
+    x = layout.pad(b, b.where(b.op("IsInf", x, detect_positive=0), lowest, x), lowest, "f64")
+    y, idx = b.op("MaxPool", x, outs=2, kernel_shape=[win[i] for i in pooled],
+                  strides=[strides[i] for i in pooled], dilations=[wdil[i] for i in pooled])
+    return reshape(b, idx, [-1]), reshape(b, y, [-1]), layout
+
+
+class _PoolLayout:
+    """The operand as [batch, 1, *windowed dims], padded, and back."""
+
+    def __init__(self, t, perm, pooled, pads):
+        self.t, self.perm, self.pooled = t, perm, pooled
+        rest = perm[:len(perm) - len(pooled)]
+        self.sizes = [t.shape[i] for i in pooled]
+        self.lo, self.hi = [pads[i][0] for i in pooled], [pads[i][1] for i in pooled]
+        batch = dim_mul(*[t.shape[i] for i in rest]) if rest else 1
+        self.shape = [batch, 1] + self.sizes
+        self.padded = [batch, 1] + [dim_add(n, lo + hi) for n, lo, hi in zip(self.sizes, self.lo, self.hi)]
+
+    def pad(self, b, x, value, dtype):
+        if not (any(self.lo) or any(self.hi)):
+            return x
+        return pad_op(b, x, [0, 0] + self.lo, [0, 0] + self.hi, value, dtype)
+
+    def unpad(self, b, x):
+        if not (any(self.lo) or any(self.hi)):
+            return x
+        ends = [dim_add(n, lo) for n, lo in zip(self.sizes, self.lo)]
+        return b.slice(x, self.lo, ends, list(range(2, 2 + len(self.pooled))))
+
+
+@rule("select_and_scatter_add")
+def _select_and_scatter_add(b, node, xs):
+    """jax.grad of max / min pooling: each window's source value is added (ScatterElements)
+    at the element it selects (see above); the padding is cut off after."""
+    need(b, 16, "select_and_scatter_add (ScatterElements with reduction='add')")
+    idx, _, layout = _pool_selection(b, node, xs[1], "select_and_scatter_add")
+    if idx is None:
+        return xs[0]  # each element is its own window
+    t = node.inputs[1].type
+    src = reshape(b, b.transpose(xs[0], layout.perm), [-1])
+    zeros = reshape(b, b.expand(b.scalar(0, t.dtype), layout.padded), [-1])
+    out = b.op("ScatterElements", zeros, idx, src, axis=0, reduction="add")
+    out = layout.unpad(b, reshape(b, out, layout.padded))
+    out = reshape(b, out, [t.shape[i] for i in layout.perm])
+    return b.transpose(out, [layout.perm.index(i) for i in range(t.rank)])
+
+
+@rule("select_and_gather_add")
+def _select_and_gather_add(b, node, xs):
+    """jax.jvp of max / min pooling: each window takes the tangent (GatherElements) of the
+    element it selects (see above). XLA reduces (value, tangent) pairs from (-inf, 0), which
+    a window of -inf and padding keeps: its tangent is 0."""
+    idx, pooled, layout = _pool_selection(b, node, xs[1], "select_and_gather_add")
+    if idx is None:
+        return xs[0]
+    t, out_t = node.inputs[0].type, node.outputs[0].type
+    tangent = reshape(b, b.transpose(xs[0], layout.perm), layout.shape)
+    tangent = reshape(b, layout.pad(b, tangent, b.scalar(0, t.dtype), t.dtype), [-1])
+    out = b.op("GatherElements", tangent, idx, axis=0)
+    out = b.where(b.op("Equal", pooled, b.scalar(-1e300, "f64")), b.scalar(0, t.dtype), out)
+    out = reshape(b, out, [out_t.shape[i] for i in layout.perm])
+    return b.transpose(out, [layout.perm.index(i) for i in range(out_t.rank)])
