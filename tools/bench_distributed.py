@@ -68,9 +68,9 @@ def main(argv=None) -> int:
             memory = [(w["process"], w["rss_kib_after"], {n: (w[n]["local_weight_bytes"], w[n]["device_bytes"])
                                                           for n in procs}) for w in workers]
     print(f"decoder weights: {weights:,} B; {args.rounds} rounds, fastest of 5 calls each, median over rounds\n")
-    print(f"{"run":<40}{'ms per call':>12}{'vs 1 process':>14}")
+    print(f"{'run':<40}{'ms per call':>12}{'vs 1 process':>14}")
     base = statistics.median(one)
-    print(f"{"1 process x 8 devices":<40}{base:>12.2f}{1.0:>14.2f}")
+    print(f"{'1 process x 8 devices':<40}{base:>12.2f}{1.0:>14.2f}")
     for name, times in procs.items():
         m = statistics.median(times)
         label = f"2 processes x 4 devices, {name.replace('_', ' ')}"
