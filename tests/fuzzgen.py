@@ -885,6 +885,10 @@ class Gen:
         """``x`` itself, or a bounded version of it when it may exceed ``limit``."""
         if x.mag <= limit and not x.nan:
             return x
+        if not x.isfloat:  # tanh of an integer array is f32: keep the dtype the caller promoted
+            bound = max(1, int(limit))
+            return self.new(f"jnp.clip({x}, -{bound}, {bound})", x.shape, x.dtype, "squash", [x],
+                            mag=float(bound))
         if x.nan:
             return self.new(f"jnp.nan_to_num(jnp.clip({x}, -3.0, 3.0))", x.shape, x.dtype, "squash",
                             [x], mag=3.0, nan=False)
