@@ -472,6 +472,40 @@ print((after - before) * 1024, sum(x.nbytes for x in data))
 """
 
 
+_MEASURE_SAVE = _BIG_MODEL.replace("nnxc.save(nnxc.trace(Big(nnx.Rngs(0)), \"f32[B,6144]\"), sys.argv[1])", """
+import jax
+g = nnxc.trace(Big(nnx.Rngs(0)), "f32[B,6144]")
+jax.block_until_ready([v.data for v in g.variables])  # initialization done (it runs async)
+def status():
+    with open("/proc/self/status") as f:
+        return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f if l.startswith(("VmRSS", "VmHWM"))}
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak RSS starts again from here
+before = status()["VmRSS"]
+nnxc.save(g, sys.argv[1])
+print(status()["VmHWM"] - before, sum(v.data.nbytes for v in g.variables if not v.meta.get("new")))
+""")
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="resets the peak RSS: Linux")
+def test_save_adds_little_memory_to_the_weights(tmp_path):
+    """Saving a ~400 MB model streams the weights into the file (hashed and written in place,
+    bfloat16 in 16 MiB chunks): the peak RSS grows by a small part of the weights, where
+    joining the sections grew it by 3x the weights."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(nnxc.__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    out = subprocess.run([sys.executable, "-c", _MEASURE_SAVE, str(tmp_path / "big.nnxc")], check=True,
+                         env=env, cwd=tmp_path, capture_output=True, text=True).stdout
+    growth, weights = map(int, out.split()[-2:])
+    assert weights > 390e6
+    assert growth < 0.25 * weights, f"peak RSS grew {growth / 1e6:.0f} MB for {weights / 1e6:.0f} MB"
+    art = nnxc.load(tmp_path / "big.nnxc")
+    assert sum(x.size for x in art.state.values()) > 100e6
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="ru_maxrss in KiB: Linux")
 def test_load_peak_memory_is_about_the_weights(tmp_path):
     """Loading a ~400 MB artifact grows the peak RSS by about the weights' size, not several

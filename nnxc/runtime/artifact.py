@@ -116,10 +116,8 @@ def save(graph_or_compiled, path: str | os.PathLike, platforms=("cpu",), passes=
     blob = exported.serialize()
     if placement is not None:
         from .distributed import sharding_entry
-        manifest["sharding"] = sharding_entry(graph, mesh, placement, tensors, blob, weights)
-    data, manifest = fmt.pack(manifest, {"exported": blob, "weights": weights})
-    fmt.write_atomic(path, data)
-    return manifest
+        manifest["sharding"] = sharding_entry(graph, mesh, placement, tensors, blob, bytes(weights.parts[0]))
+    return fmt.write(path, manifest, {"exported": blob, "weights": weights})
 
 
 def _graph_and_state(obj) -> tuple[Graph, dict]:
@@ -162,8 +160,7 @@ def _export(graph: Graph, platforms, placement: dict | None = None) -> jax.expor
                         f"{type(e).__name__}: {e}") from e
 
 
-def _weights(inputs, values: dict) -> tuple[bytes, dict, dict]:
-    from safetensors.numpy import save as st_save
+def _weights(inputs, values: dict) -> tuple[fmt.Parts, dict, dict]:
     missing = [v.path for v in inputs if values.get(v.path) is None]
     if missing:
         raise NnxcError(f"no value for variable(s) {', '.join(missing[:5])}"
@@ -173,7 +170,9 @@ def _weights(inputs, values: dict) -> tuple[bytes, dict, dict]:
         x = values[v.path]
         if v.value.type.dtype.startswith("key<"):
             x = jax.random.key_data(x)
-        a = np.asarray(x, order="C")  # ascontiguousarray would turn 0-d into 1-d
+        # JAX arrays stay JAX arrays (written a few MiB at a time: np.asarray of a whole one
+        # would keep a NumPy copy alive with it); anything else becomes a C-order array
+        a = x if isinstance(x, jax.Array) else np.asarray(x, order="C")
         want = v.value.type
         got = tuple(np.shape(values[v.path]))
         if got != tuple(want.shape) or (not want.dtype.startswith("key<")
@@ -182,7 +181,7 @@ def _weights(inputs, values: dict) -> tuple[bytes, dict, dict]:
                             f"the graph expects {want}")
         tensors[v.path] = a
         specs[v.path] = {"dtype": dtype_name(a.dtype), "shape": list(a.shape)}
-    return st_save(tensors), specs, tensors
+    return fmt.safetensors_parts(tensors, _IR_TO_SAFETENSORS), specs, tensors
 
 
 def _spec(name: str, t) -> dict:
@@ -962,6 +961,9 @@ _SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "u8", "I8": "i8", "U16": "u16", "I1
                        "F16": "f16", "BF16": "bf16", "U32": "u32", "I32": "i32", "F32": "f32",
                        "U64": "u64", "I64": "i64", "F64": "f64", "C64": "c64",
                        "F8_E4M3": "f8e4m3fn", "F8_E5M2": "f8e5m2"}
+
+
+_IR_TO_SAFETENSORS = {ir: st for st, ir in _SAFETENSORS_DTYPES.items()}
 
 
 def _read_weights(section, manifest: dict, variables: list, release=None) -> dict:

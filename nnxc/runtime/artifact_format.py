@@ -39,7 +39,9 @@ import stat
 import struct
 from typing import Callable
 
-from .._files import atomic_write
+import numpy as np
+
+from .._files import atomic_open
 from ..errors import NnxcError
 
 MAGIC = b"\x89NNXC\r\n\x1a"
@@ -53,27 +55,125 @@ class ArtifactError(NnxcError):
     """An artifact file that cannot be read: not an artifact, unknown version, corrupted."""
 
 
-def pack(manifest: dict, sections: dict[str, bytes]) -> tuple[bytes, dict]:
-    """(file bytes, completed manifest) for ``manifest`` and the named ``sections``."""
-    chunks, layout, offset = [], {}, 0
+def pack(manifest: dict, sections: dict) -> tuple[bytes, dict]:
+    """(file bytes, completed manifest) for ``manifest`` and the named ``sections`` (bytes or
+    ``Parts``); ``write`` writes the same bytes to a file without joining them."""
+    manifest, head = _complete(manifest, sections)
+    return head + b"".join(bytes(c) for c in _chunks(sections)), manifest
+
+
+class Parts:
+    """A section given as parts that follow one another (a safetensors header, then each
+    array's bytes): ``write`` writes them in place, never joining them into one copy. An array
+    part may be a NumPy array or a JAX array, read through DLPack without a copy (``np.asarray``
+    of a whole JAX array keeps a NumPy copy alive with it), see ``_host_chunks``."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.length = sum(len(p) if isinstance(p, (bytes, bytearray)) else int(p.nbytes)
+                          for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __bytes__(self) -> bytes:
+        return b"".join(bytes(c) for c in self.chunks())
+
+    def chunks(self):
+        for p in self.parts:
+            if isinstance(p, (bytes, bytearray)):
+                yield p
+            else:
+                yield from _host_chunks(p)
+
+
+def _flat_bytes(a: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+
+def _host_chunks(a):
+    """The bytes of an array as flat uint8 views: a NumPy array, or a JAX array on one CPU
+    device, through DLPack without a copy; otherwise (bfloat16, which NumPy's DLPack lacks,
+    or an array on other devices) copied to the host ``_CHUNK`` bytes of rows at a time."""
+    if isinstance(a, np.ndarray):
+        yield _flat_bytes(a)
+        return
+    try:
+        view = np.from_dlpack(a)
+    except (BufferError, RuntimeError, TypeError):
+        view = None
+    if view is not None:
+        yield _flat_bytes(view)
+        return
+    if a.ndim == 0:
+        yield _flat_bytes(np.asarray(a))
+        return
+    step = max(1, _CHUNK // max(1, int(a.nbytes) // a.shape[0]))
+    for k in range(0, a.shape[0], step):
+        yield _flat_bytes(np.asarray(a[k:k + step]))
+
+
+def safetensors_parts(arrays: dict, dtype_names: dict) -> Parts:
+    """``arrays`` (name -> NumPy or JAX array) in the safetensors format: an 8-byte
+    little-endian header length, the JSON header (data offsets in the order given, padded
+    with spaces to 8 bytes), then each array's bytes, referenced, not copied.
+    ``dtype_names``: IR dtype name -> safetensors dtype name."""
+    from ..ir.types import dtype_name
+    header, offset = {}, 0
+    for name, a in arrays.items():
+        n = int(a.nbytes)
+        header[name] = {"dtype": dtype_names[dtype_name(a.dtype)], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return Parts([struct.pack("<Q", len(text)) + text, *arrays.values()])
+
+
+def _layout(sections: dict) -> tuple[dict, int]:
+    layout, offset = {}, 0
     for name, data in sections.items():
-        pad = -offset % ALIGN
-        chunks.append(b"\0" * pad)
-        offset += pad
+        offset += -offset % ALIGN
         layout[name] = {"offset": offset, "length": len(data)}
-        chunks.append(bytes(data))
         offset += len(data)
-    payload = b"".join(chunks)
+    return layout, offset
+
+
+def _chunks(sections: dict):
+    """The payload's bytes, padding included, as buffers in file order."""
+    offset = 0
+    for data in sections.values():
+        pad = -offset % ALIGN
+        if pad:
+            yield b"\0" * pad
+        offset += pad + len(data)
+        yield from (data.chunks() if isinstance(data, Parts) else (data,))
+
+
+def _complete(manifest: dict, sections: dict) -> tuple[dict, bytes]:
+    """The manifest with the sections' layout and the payload's length and sha256, and the
+    file's header and manifest bytes. The payload is hashed in place, part by part."""
+    layout, length = _layout(sections)
+    digest = hashlib.sha256()
+    for chunk in _chunks(sections):
+        digest.update(chunk)
     manifest = dict(manifest, format_version=FORMAT_VERSION, sections=layout,
-                    payload={"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+                    payload={"length": length, "sha256": digest.hexdigest()})
     text = json.dumps(manifest, sort_keys=True, indent=1).encode()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(text), hashlib.sha256(text).digest())
-    return header + text + payload, manifest
+    return manifest, _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(text), hashlib.sha256(text).digest()) + text
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    atomic_write(path, data)
+def write(path: str | os.PathLike, manifest: dict, sections: dict) -> dict:
+    """Write an artifact atomically (temporary file, fsync, rename) and return its completed
+    manifest. ``sections``: name -> bytes or ``Parts``. The payload is read twice, to hash it
+    (its sha256 goes in the manifest, before it) and to write it, and never joined: saving
+    needs about the weights once (arrays are read in place, see ``Parts``)."""
+    manifest, head = _complete(manifest, sections)
+    with atomic_open(path, "wb") as f:
+        f.write(head)
+        for chunk in _chunks(sections):
+            f.write(chunk)
+    return manifest
 
 
 def read(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
