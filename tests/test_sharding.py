@@ -215,3 +215,40 @@ def test_sharding_params_encode_as_their_spec_and_drop_without_a_mesh():
     mesh = jax.sharding.AbstractMesh((1, 1), ("data", "model"))
     with jax.sharding.use_abstract_mesh(mesh):
         assert decode_param(enc) == P(None, "model", ("data", "model"))
+
+
+def test_nnx_logical_names_map_to_mesh_axes_through_their_rules():
+    """NNX variables partitioned by logical names: the variable's own sharding_rules, or an
+    enclosing nnx.logical_axis_rules at trace time, map them to mesh axes as Flax's
+    nnx.get_partition_spec does; without rules the names stay and shard nothing."""
+    import jax
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+    from nnxc.backends.xla.compile import variable_specs
+    init = nnx.initializers.lecun_normal()
+    rules = (("mlp", "model"), ("embed", None))
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.up = nnx.Linear(8, 16, rngs=rngs, kernel_init=nnx.with_partitioning(init, ("embed", "mlp")))
+            self.down = nnx.Linear(16, 8, rngs=rngs, kernel_init=nnx.with_partitioning(
+                init, ("mlp", "embed"), sharding_rules=rules))
+
+        def __call__(self, x):
+            return self.down(nnx.relu(self.up(x)))
+
+    auto = (jax.sharding.AxisType.Auto,)
+    with jax.set_mesh(jax.make_mesh((1,), ("model",), axis_types=auto)), nnx.logical_axis_rules(rules):
+        model = MLP(nnx.Rngs(0))
+    plain = nnxc.trace(model, "f32[B,8]")
+    with nnx.logical_axis_rules(rules):
+        ruled = nnxc.trace(model, "f32[B,8]")
+    for g, up in ((plain, P(None, None)), (ruled, P(None, "model"))):
+        specs = variable_specs(g, ("data", "model"))
+        assert specs["down.kernel"] == P("model", None)  # its own rules
+        assert specs["up.kernel"] == up
+        meta = {v.path: v.meta for v in g.variables}
+        assert meta["down.kernel"]["logical_names"] == ("mlp", "embed")
+        assert str(nnxc.ir.parse(str(g))) == str(g)
+    want = jax.jit(lambda m, x: m(x))(model, np.ones((2, 8), np.float32))
+    assert np.array_equal(np.asarray(nnxc.compile(ruled)(np.ones((2, 8), np.float32))), np.asarray(want))

@@ -220,7 +220,24 @@ def _variable_meta(var) -> dict:
             meta[k] = encode_param(v)
         except UnsupportedParam:
             continue
+    meta.update(_nnx_logical_sharding(var))
     return meta
+
+
+def _nnx_logical_sharding(var) -> dict:
+    """An NNX variable partitioned by logical names (``nnx.with_partitioning(init, ("embed",
+    "mlp"))``) under logical axis rules (its ``sharding_rules`` metadata, or an enclosing
+    ``with nnx.logical_axis_rules(...)``): ``out_sharding`` becomes the mesh axes, as Flax's
+    own ``nnx.get_partition_spec`` maps them, and the names are kept as ``logical_names``."""
+    from flax.nnx import spmd
+    names = var.get_metadata().get("out_sharding")
+    if not names or not isinstance(names, (tuple, list)):
+        return {}
+    spec = spmd.get_var_pspec(var)
+    axes = tuple(spec) + (None,) * (len(names) - len(tuple(spec)))
+    if spec is None or axes == tuple(names):
+        return {}
+    return {"logical_names": encode_param(tuple(names)), "out_sharding": encode_param(axes)}
 
 
 @functools.cache
