@@ -392,3 +392,13 @@ def test_log1p_expm1_near_the_largest_float(fn):
     [want], [got] = run_both(fn, x)
     assert np.array_equal(np.isfinite(got), np.isfinite(want)), (got, want)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cumlogsumexp_with_infinities(reverse):
+    """logaddexp(inf, inf) is inf, not inf - inf = NaN (fuzz seed 13411); -inf and NaN as XLA."""
+    x = np.array([[1.0, np.inf, 2.0, -np.inf, np.inf, np.nan, 3.0],
+                  [-np.inf, -np.inf, 0.0, np.inf, -1.0, np.inf, np.inf]], np.float32)
+    [want], [got] = run_both(lambda a: lax.cumlogsumexp(a, axis=1, reverse=reverse), x)
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -66,7 +66,7 @@ def _logaddexp(b, t):
         hi = b.op("Max", x, y)
         diff = b.op("Neg", b.op("Abs", b.op("Sub", x, y)))
         out = b.op("Add", hi, b.op("Log", b.op("Add", b.scalar(1, t), b.op("Exp", diff))))
-        return b.where(b.op("IsInf", hi, detect_positive=0), hi, out)
+        return b.where(b.op("IsInf", hi), hi, out)  # inf - inf would make NaN: -inf and inf stay
     return combine
 
 
