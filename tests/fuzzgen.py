@@ -39,9 +39,11 @@ Each outcome is ok, refused (a clear nnxc error such as UnsupportedOpError; an "
 error" reported as a refusal counts as a crash), mismatch, crash (any other exception; by
 stage and type), ort_refused (onnxruntime refuses, crashes on or hangs on a file nnxc
 wrote: it runs in a forked child), invalid (the oracle itself fails: a generator bug),
-upstream (ONNX differs from jax.jit only where XLA:CPU drops NaN in a max/min reduction,
-openxla/xla#21461, and agrees with the program evaluated with NaN-propagating reductions;
-counted apart, not an nnxc failure) or skipped (a stage needing a pipeline whose own stage
+xla_only (ONNX differs from jax.jit only in NaN/inf, and agrees with JAX's own evaluation of
+the program with max/min reductions propagating NaN as JAX specifies them, fused or op by op:
+XLA:CPU drops NaN in some max reductions, openxla/xla#21461, and its fused kernels contract
+``a*b - c`` into one FMA that does not overflow where the separate ops do; counted apart, not
+an nnxc failure) or skipped (a stage needing a pipeline whose own stage
 failed). An exact-stage mismatch on a
 symbolic program says when ``jax.export`` with the same specs computes nnxc's bits (JAX
 traced the program differently with symbolic dims; not a lowering bug).
@@ -88,10 +90,12 @@ class Skipped(Exception):
     """A stage could not run because an earlier stage it needs failed (reported there)."""
 
 
-class UpstreamXlaBug(Exception):
-    """nnxc's ONNX differs from the program's jax.jit only where XLA:CPU drops NaN in a max or
-    min reduction (openxla/xla#21461): it agrees with the program evaluated with those
-    reductions propagating NaN, as JAX specifies them. Not an nnxc mismatch; counted apart."""
+class XlaOnly(Exception):
+    """nnxc's ONNX differs from the program's jax.jit only in NaN/inf, where XLA:CPU's compiled
+    program departs from JAX's own op-by-op semantics: it drops NaN in some max/min
+    reductions (openxla/xla#21461) or contracts ``a*b - c`` into an FMA that does not overflow
+    where the separate ops do; ONNX agrees with the program evaluated with NaN-propagating
+    reductions (jitted, or op by op). Not an nnxc mismatch; counted apart."""
 
 
 def _host(x):
@@ -267,18 +271,21 @@ def symbolic_oracle(obj, kw, specs, args) -> list:
         return [_host(x) for x in jax.tree_util.tree_leaves(exported.call(state, *args))]
 
 
-def ieee_oracle(obj, kw, args):
+def ieee_oracle(obj, kw, args, fused: bool = True):
     """(output leaves, updated state by path) of the program evaluated primitive by primitive
-    with max/min reductions propagating NaN (``_eval_jaxpr(..., ieee=True)``)."""
+    with max/min reductions propagating NaN (``_eval_jaxpr(..., ieee=True)``): in one jit
+    (``fused``), or each primitive compiled on its own (no fusion, no FMA contraction)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pure, state = _pure(obj, kw)
         call_args = (state, *args)
         closed, shapes = jax.make_jaxpr(pure, return_shape=True)(*call_args)
         tree = jax.tree_util.tree_structure(shapes)
-        run = jax.jit(lambda *flat: _eval_jaxpr(closed.jaxpr, closed.consts, list(flat),
-                                                lambda x: x, ieee=True))
-        out, new_state = jax.tree_util.tree_unflatten(tree, run(*jax.tree_util.tree_leaves(call_args)))
+        run = lambda *flat: _eval_jaxpr(closed.jaxpr, closed.consts, list(flat),  # noqa: E731
+                                        lambda x: x, ieee=True)
+        flat = run(*jax.tree_util.tree_leaves(call_args)) if not fused else \
+            jax.jit(run)(*jax.tree_util.tree_leaves(call_args))
+        out, new_state = jax.tree_util.tree_unflatten(tree, flat)
         return [_host(x) for x in jax.tree_util.tree_leaves(out)], {k: _host(v) for k, v in new_state.items()}
 
 
@@ -604,14 +611,16 @@ class Run:
             except Mismatch as e:
                 if "NaN/inf differ" not in str(e):
                     raise
-                ieee_out, ieee_state = ieee_oracle(self.obj, self.kw, self.inputs[B])
-                try:
-                    self._compare(at, B, got[:len(leaves)], ieee_out, updates, {**after, **ieee_state})
-                except Mismatch:
-                    raise e from None
-                raise UpstreamXlaBug(f"{e}; with max/min reductions propagating NaN the program "
-                                     "computes what ONNX does: XLA:CPU drops NaN there "
-                                     "(openxla/xla#21461)") from None
+                for fused, how in ((True, "jitted with max/min reductions propagating NaN"),
+                                   (False, "op by op (no fusion, no FMA contraction)")):
+                    ieee_out, ieee_state = ieee_oracle(self.obj, self.kw, self.inputs[B], fused)
+                    try:
+                        self._compare(at, B, got[:len(leaves)], ieee_out, updates, {**after, **ieee_state})
+                    except Mismatch:
+                        continue
+                    raise XlaOnly(f"{e}; JAX's own evaluation of the program {how} computes what "
+                                  "ONNX does: only XLA:CPU's compiled program differs") from None
+                raise
 
     def check_roundtrip(self):
         """Text and JSON forms of the traced and optimized graphs read back to the same text."""
@@ -653,7 +662,7 @@ def _first_diff(a: str, b: str) -> str:
 
 
 def classify(stage: str, exc: BaseException) -> str:
-    """ok / refused / mismatch / crash / ort_refused / invalid / upstream / skipped for an exception
+    """ok / refused / mismatch / crash / ort_refused / invalid / xla_only / skipped for an exception
     at a stage."""
     if isinstance(exc, Mismatch):
         return "mismatch"
@@ -663,8 +672,8 @@ def classify(stage: str, exc: BaseException) -> str:
         return "invalid"
     if isinstance(exc, Skipped):
         return "skipped"
-    if isinstance(exc, UpstreamXlaBug):
-        return "upstream"
+    if isinstance(exc, XlaOnly):
+        return "xla_only"
     if isinstance(exc, nnxc.UnsupportedOpError):
         # a rule's internal error is reported as a refusal, but it is an nnxc bug
         return "crash" if "internal error" in str(exc) else "refused"
@@ -2795,7 +2804,7 @@ def with_program(program: Program, stmts: list, outputs: list) -> Program:
 @dataclass
 class Outcome:
     stage: str
-    kind: str            # ok / refused / mismatch / crash / ort_refused / invalid / upstream / skipped
+    kind: str            # ok / refused / mismatch / crash / ort_refused / invalid / xla_only / skipped
     error: str = ""      # exception type (crashes, refusals)
     message: str = ""
 

@@ -116,18 +116,28 @@ def test_checks_catch_results_one_ulp_off(monkeypatch):
     assert kinds == {"none": "mismatch", "default": "mismatch"}
 
 
-def test_xla_cpu_dropping_nan_in_max_is_upstream_not_a_match():
+def test_xla_cpu_dropping_nan_in_max_is_xla_only_not_a_mismatch():
     """Seed 2495: jax.jit's max over the last axis of an all-NaN f32[16,2,256] is -inf on
     XLA:CPU (openxla/xla#21461), nnxc's ONNX ReduceMax gives NaN as JAX specifies: the check
-    reports it as 'upstream' because the program evaluated with NaN-propagating reductions
+    reports it as 'xla_only' because the program evaluated with NaN-propagating reductions
     agrees with ONNX. nnxc's XLA stages stay bit-exact with jit (they have XLA's bug too)."""
     kinds = {o.stage: o.kind for o in fuzzgen.check(fuzzgen.generate(2495))}
-    assert kinds == {"none": "ok", "default": "ok", "inference": "ok", "onnx": "upstream",
+    assert kinds == {"none": "ok", "default": "ok", "inference": "ok", "onnx": "xla_only",
                      "roundtrip": "ok"}, kinds
 
 
+def test_xla_fma_contraction_across_an_overflow_is_xla_only():
+    """Seed 13320: x*x - mean(x*x) with x = 1.7e38. XLA's fused kernel computes it as one
+    fma(x, x, -inf) = -inf, where the separate ops (and onnxruntime) give inf - inf = NaN:
+    JAX's op-by-op evaluation agrees with ONNX, so the check says 'xla_only'."""
+    program = fuzzgen.generate(13320)
+    assert "v7 = v2 - v6" in program.source
+    kinds = {o.stage: o.kind for o in fuzzgen.check(program, ("none", "onnx"))}
+    assert kinds == {"none": "ok", "onnx": "xla_only"}, kinds
+
+
 def test_onnx_nan_differences_not_explained_by_xla_are_mismatches(monkeypatch):
-    """The 'upstream' reading needs the NaN-propagating evaluation to agree with ONNX: a NaN
+    """The 'xla_only' reading needs the NaN-propagating evaluation to agree with ONNX: a NaN
     that ONNX invents is still a mismatch."""
     import onnxruntime as ort
     program = _small_program()

@@ -9,8 +9,8 @@ Programs are seeds S .. S+N-1 (``fuzzgen.generate(seed)``), or the ``--seeds`` l
 under a per-program timeout (signal.alarm; a worker that hangs in native code or dies is
 killed/restarted and the program counted as a crash), so one bad program never ends the
 campaign. Prints a summary table (programs, ok, refused, mismatches by stage, crashes by
-stage and exception type, ort_refused, upstream: ONNX differing from jax.jit only where
-XLA:CPU drops NaN in a max/min reduction, counted apart) and writes to ``--out``:
+stage and exception type, ort_refused, xla_only: ONNX differing from jax.jit only in NaN/inf
+where JAX's own op-by-op evaluation agrees with ONNX, counted apart) and writes to ``--out``:
 
   <kind>_<seed>.py      a standalone reproducer per failing program and kind (mismatch, crash,
                         ort_refused, invalid): the program and the failing checks, runnable
@@ -247,7 +247,7 @@ def summarize(records: list, stages) -> dict:
     crash_by = collections.Counter()
     refused_by = collections.Counter()
     ort_by = collections.Counter()
-    failures, upstream = [], []
+    failures, xla_only = [], []
     for rec in records:
         kinds = {o["kind"] for o in rec["outcomes"]}
         totals["programs"] += 1
@@ -255,7 +255,7 @@ def summarize(records: list, stages) -> dict:
             totals["ok"] += 1
         elif "refused" in kinds and not kinds & set(FAIL_KINDS):
             totals["refused"] += 1
-        for kind in (*FAIL_KINDS, "upstream"):
+        for kind in (*FAIL_KINDS, "xla_only"):
             if kind in kinds:
                 totals[kind] += 1
         for o in rec["outcomes"]:
@@ -268,21 +268,21 @@ def summarize(records: list, stages) -> dict:
                 refused_by[(o["stage"], o["error"], _refusal_reason(o["message"]))] += 1
             elif o["kind"] == "ort_refused":
                 ort_by[(o["stage"], first[:120])] += 1
-            elif o["kind"] == "upstream":
-                upstream.append({"seed": rec["seed"], "stage": o["stage"], "message": o["message"][:1000]})
+            elif o["kind"] == "xla_only":
+                xla_only.append({"seed": rec["seed"], "stage": o["stage"], "message": o["message"][:1000]})
             if o["kind"] in FAIL_KINDS:
                 failures.append({"seed": rec["seed"], "program": rec.get("program"), "stage": o["stage"],
                                  "kind": o["kind"], "error": o["error"], "message": o["message"][:2000],
                                  "files": rec.get("files", []), "reduced": rec.get("reduced"),
                                  "lines": rec.get("lines"), "reduced_lines": rec.get("reduced_lines")})
     return {"stages": list(stages), "totals": {k: totals[k] for k in
-                                               ("programs", "ok", "refused", *FAIL_KINDS, "upstream")},
+                                               ("programs", "ok", "refused", *FAIL_KINDS, "xla_only")},
             "mismatch_by_stage": dict(mismatch_by_stage),
             "crash_by_stage_and_type": [{"stage": s, "error": e, "count": n} for (s, e), n in crash_by.most_common()],
             "refused_by_reason": [{"stage": s, "error": e, "reason": r, "count": n}
                                   for (s, e, r), n in refused_by.most_common()],
             "ort_refused": [{"stage": s, "message": m, "count": n} for (s, m), n in ort_by.most_common()],
-            "upstream": upstream, "failures": failures}
+            "xla_only": xla_only, "failures": failures}
 
 
 def _refusal_reason(message: str) -> str:
@@ -297,7 +297,7 @@ def _refusal_reason(message: str) -> str:
 
 def print_summary(summary: dict) -> None:
     t = summary["totals"]
-    cols = ("programs", "ok", "refused", "mismatch", "crash", "ort_refused", "invalid", "upstream")
+    cols = ("programs", "ok", "refused", "mismatch", "crash", "ort_refused", "invalid", "xla_only")
     print()
     print("  ".join(f"{c:>11}" for c in cols))
     print("  ".join(f"{t.get(c, 0):>11}" for c in cols))
@@ -318,11 +318,11 @@ def print_summary(summary: dict) -> None:
         print("  (none)")
     for row in summary["ort_refused"]:
         print(f"  {row['count']:>4}  {row['message']}")
-    print("\nupstream (XLA:CPU drops NaN in a max/min reduction, openxla/xla#21461; ONNX agrees "
-          "with NaN-propagating reductions):")
-    if not summary.get("upstream"):
+    print("\nxla_only (ONNX agrees with JAX's own evaluation of the program; XLA:CPU's compiled "
+          "program drops NaN in a max reduction or contracts an FMA across an overflow):")
+    if not summary.get("xla_only"):
         print("  (none)")
-    for row in summary.get("upstream", []):
+    for row in summary.get("xla_only", []):
         print(f"  seed {row['seed']}  {row['stage']}: {row['message'][:150]}")
     print("\nrefusals (stage, error, reason):")
     if not summary["refused_by_reason"]:
