@@ -105,3 +105,36 @@ def test_random_int64_seed():
 def test_scan_over_a_symbolic_length():
     fn = lambda c, xs: lax.scan(lambda c, x: (c + x, c * x), c, xs, reverse=True)  # noqa: E731
     check(fn, normal(3), normal(5, 3), specs=["f32[3]", "f32[T,3]"], more=[(normal(3), normal(1, 3))])
+
+
+def test_dead_code_is_not_exported():
+    """A while loop whose result nothing reads, inside a fori_loop body, reading a value of
+    that body (fuzz seed 13275): onnxruntime failed to run the exported dead Loop ("Missing
+    Input"). Nodes whose results are not used are not exported at all."""
+    import nnxc
+    from nnxc.runtime.onnx_io import onnx_session
+
+    def f(x, y):
+        def body(i, c):
+            s = jnp.sum(c)
+
+            def inner(state):
+                j, k = state
+                return j + 1, (k + jnp.power(jnp.abs(s) + 0.5, jnp.tanh(k)).astype(jnp.int32)) % 97
+
+            lax.while_loop(lambda st: st[0] < 4, inner, (jnp.int32(0), i + 1))  # result unused
+            return c * 0.5 + jnp.tanh(jnp.min(y)).astype(jnp.float16)
+        return lax.fori_loop(0, 3, body, x), jnp.arctan(y)
+
+    x = normal(6, 4, dtype=np.float16)
+    y = normal(6, 4)
+    g = nnxc.trace(f, "f16[6,4]", "f32[6,4]")
+    model = nnxc.export_onnx(g)
+    loops = [n for n in model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 1
+    body = next(a.g for a in loops[0].attribute if a.name == "body")
+    assert "Loop" not in [n.op_type for n in body.node]
+    session = onnx_session(model)
+    got = session.run(None, dict(zip([i.name for i in session.get_inputs()], (x, y))))
+    for o, w in zip(got, jax.jit(f)(x, y)):
+        np.testing.assert_allclose(o.astype(np.float32), np.asarray(w, np.float32), rtol=1e-3)

@@ -96,6 +96,7 @@ class Context:
         self.refused_outright = False  # a refusal no opset would lift
         self.exact_needs_newer = False  # the default opset: a rule that is exact only at a newer
         # opset asks for it (need(...)) instead of lowering approximately
+        self.live = None  # ids of the IR nodes whose results are used (None: emit every node)
         self.pre = Builder(self)  # the prelude: symbolic dims, at the start of the main graph
 
     def reserve(self, name: str) -> str:
@@ -224,6 +225,8 @@ class Builder:
         ctx = self.ctx
         outer = ctx.path, ctx.loc  # a region body: the node holding it continues after
         for node in nodes:
+            if ctx.live is not None and id(node) not in ctx.live:
+                continue  # dead code: nothing reads it (onnxruntime fails on some dead Loops)
             ctx.path, ctx.loc = node.path, node.loc
             fn = ONNX_RULES.get(node.op)
             outs = None
@@ -398,4 +401,23 @@ class _OnnxDimOps(DimOps):
     def min(self, a, b):
         return self.b.op("Min", a, b)
 
+
+def live_nodes(graph) -> set:
+    """ids of the IR nodes whose results reach the graph's outputs or state updates, region
+    bodies included (IR ops have no side effects: the others are dead code)."""
+    used = {id(v) for v in graph.outputs} | {id(v) for _, v in graph.updates}
+    live: set = set()
+
+    def visit(nodes):
+        for node in reversed(nodes):
+            if not any(id(v) in used for v in node.outputs):
+                continue
+            live.add(id(node))
+            used.update(id(v) for v in node.inputs)
+            for region in node.regions:  # a live loop or branch needs all its results
+                used.update(id(v) for v in region.results)
+                visit(region.nodes)
+
+    visit(graph.nodes)
+    return live
 

@@ -38,7 +38,7 @@ from ...errors import NnxcWarning, NnxcError, UnsupportedOpError
 from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol
 from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape, special, fft  # noqa: F401 - rules
-from .builder import Builder, Context, host_array, value_info
+from .builder import Builder, Context, host_array, live_nodes, value_info
 from .fft import PART, as_pair, boundary_type, is_complex, pair
 from .table import Refused
 from .save import INLINE_BELOW, build_initializers, write_model
@@ -193,6 +193,7 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     ctx = Context(opset)
     ctx.exact_needs_newer = _chosen == "default"  # rules may ask for a newer opset to be exact
     ctx.node_meta = node_metadata(graph)
+    ctx.live = live_nodes(graph)
     b = Builder(ctx)
     inputs, weights = [], []
     for v in graph.inputs:
