@@ -271,22 +271,30 @@ def symbolic_oracle(obj, kw, specs, args) -> list:
         return [_host(x) for x in jax.tree_util.tree_leaves(exported.call(state, *args))]
 
 
+def _program_jaxpr(obj, kw, args):
+    """(closed jaxpr of the program as a pure function, output tree, flat arguments)."""
+    pure, state = _pure(obj, kw)
+    call_args = (state, *args)
+    closed, shapes = jax.make_jaxpr(pure, return_shape=True)(*call_args)
+    return closed, jax.tree_util.tree_structure(shapes), jax.tree_util.tree_leaves(call_args)
+
+
+def _unflatten(tree, flat) -> tuple:
+    """(output leaves, updated state by path) on the host, from the pure function's leaves."""
+    out, new_state = jax.tree_util.tree_unflatten(tree, flat)
+    return [_host(x) for x in jax.tree_util.tree_leaves(out)], {k: _host(v) for k, v in new_state.items()}
+
+
 def ieee_oracle(obj, kw, args, fused: bool = True):
     """(output leaves, updated state by path) of the program evaluated primitive by primitive
     with max/min reductions propagating NaN (``_eval_jaxpr(..., ieee=True)``): in one jit
     (``fused``), or each primitive compiled on its own (no fusion, no FMA contraction)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pure, state = _pure(obj, kw)
-        call_args = (state, *args)
-        closed, shapes = jax.make_jaxpr(pure, return_shape=True)(*call_args)
-        tree = jax.tree_util.tree_structure(shapes)
-        run = lambda *flat: _eval_jaxpr(closed.jaxpr, closed.consts, list(flat),  # noqa: E731
-                                        lambda x: x, ieee=True)
-        flat = run(*jax.tree_util.tree_leaves(call_args)) if not fused else \
-            jax.jit(run)(*jax.tree_util.tree_leaves(call_args))
-        out, new_state = jax.tree_util.tree_unflatten(tree, flat)
-        return [_host(x) for x in jax.tree_util.tree_leaves(out)], {k: _host(v) for k, v in new_state.items()}
+        closed, tree, flat = _program_jaxpr(obj, kw, args)
+        run = lambda *xs: _eval_jaxpr(closed.jaxpr, closed.consts, list(xs),  # noqa: E731
+                                      lambda x: x, ieee=True)
+        return _unflatten(tree, (jax.jit(run) if fused else run)(*flat))
 
 
 def monte_carlo(obj, kw, args, runs: int = MC_RUNS) -> list:
@@ -294,25 +302,14 @@ def monte_carlo(obj, kw, args, runs: int = MC_RUNS) -> list:
     import itertools
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pure, state = _pure(obj, kw)
-        call_args = (state, *args)
-        closed, shapes = jax.make_jaxpr(pure, return_shape=True)(*call_args)
-        tree = jax.tree_util.tree_structure(shapes)
+        closed, tree, flat = _program_jaxpr(obj, kw, args)
 
-        def run(s, *flat):
+        def run(s, *xs):
             sites = itertools.count()
-            outs = _eval_jaxpr(closed.jaxpr, closed.consts, list(flat),
-                               lambda x: _nudge(x, next(sites), s))
-            return outs
+            return _eval_jaxpr(closed.jaxpr, closed.consts, list(xs), lambda x: _nudge(x, next(sites), s))
 
         jitted = jax.jit(run)
-        flat = jax.tree_util.tree_leaves(call_args)
-        res = []
-        for s in range(1, runs + 1):
-            out, new_state = jax.tree_util.tree_unflatten(tree, jitted(float(s), *flat))
-            res.append(([_host(x) for x in jax.tree_util.tree_leaves(out)],
-                        {k: _host(v) for k, v in new_state.items()}))
-        return res
+        return [_unflatten(tree, jitted(float(s), *flat)) for s in range(1, runs + 1)]
 
 
 def spread(want, runs) -> np.ndarray:
