@@ -995,9 +995,14 @@ def _read_weights(section, manifest: dict, variables: list, release=None) -> dic
                            may_alias=True)
         if var["dtype"].startswith("key<"):
             x = jax.random.wrap_key_data(x, impl=_KEY_IMPLS[var["dtype"][4:-1]])
-        if list(x.shape) != var["shape"] or _type_text(x.dtype) != var["dtype"]:
-            raise ArtifactError(f"weight {path!r} is {_type_text(x.dtype)}{list(x.shape)}, "
-                                f"variable is {var['dtype']}{var['shape']}")
-        state[path] = x
+        state[path] = checked_weight(path, var, x)
     jax.block_until_ready(list(state.values()))  # copies done: the section may be unmapped
     return state
+
+
+def checked_weight(path: str, var: dict, x):
+    """``x``, once its shape and dtype are the manifest variable ``var``'s."""
+    if list(x.shape) != var["shape"] or _type_text(x.dtype) != var["dtype"]:
+        raise ArtifactError(f"weight {path!r} is {_type_text(x.dtype)}{list(x.shape)}, "
+                            f"variable is {var['dtype']}{var['shape']}")
+    return x

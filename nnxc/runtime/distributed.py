@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from ..errors import NnxcError
-from .artifact import Artifact, _copy_out, _safetensors_index, _SAFETENSORS_DTYPES, _type_text
+from .artifact import Artifact, _copy_out, _safetensors_index, _SAFETENSORS_DTYPES, checked_weight
 from .artifact_format import ArtifactError
 
 # -- saving --------------------------------------------------------------------------
@@ -314,10 +314,7 @@ class ShardedArtifact(Artifact):
                     self.local_weight_bytes += x.nbytes
                 arrays.append(jax.device_put(_wrap(blocks[key], var["dtype"]), device))
             x = jax.make_array_from_single_device_arrays(value_shape, sharding, arrays)
-            if list(x.shape) != var["shape"] or _type_text(x.dtype) != var["dtype"]:
-                raise ArtifactError(f"weight {path!r} is {_type_text(x.dtype)}{list(x.shape)}, "
-                                    f"variable is {var['dtype']}{var['shape']}")
-            state[path] = x
+            state[path] = checked_weight(path, var, x)
         jax.block_until_ready(list(state.values()))  # copies done: the section may be unmapped
         return state
 
