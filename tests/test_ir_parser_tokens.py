@@ -139,3 +139,13 @@ def test_the_hash_cache_lets_go_of_freed_arrays():
     del g, data
     gc.collect()
     assert key not in graph_mod._DIGESTS
+
+
+def test_a_tuple_of_outputs_starting_with_a_scalar_constant_is_not_a_complex_scalar():
+    """Fuzz seed 13497: ``return (0.0:f32, %0)`` was read as the complex scalar ``(re,im):c64``."""
+    import nnxc
+    for ret in ("(0.0:f32, %0)", "((1.0,2.0):c64, %0)", "((1.0:f32, %0), (1.0,-2.5):c64)"):
+        text = f"graph @f(%x: f32[2]) {{\n  %0: f32[2] = neg(%x)\n  return {ret}\n}}\n"
+        g = nnxc.ir.parse(text)
+        assert str(nnxc.ir.parse(str(g))) == str(g)
+        assert str(g).splitlines()[-2].strip() == f"return {ret}"

@@ -763,13 +763,19 @@ class _Parser:
 
     @staticmethod
     def complex_next(cur: _Cursor) -> bool:
-        """Whether a complex scalar ``(re,im):c64`` comes next (a tuple holds no bare number)."""
+        """Whether a complex scalar ``(re,im):c64`` comes next: ``(``, a number, ``,``, a
+        number, ``)``, ``:`` (a tuple of outputs such as ``(0.0:f32, %0)`` is not one)."""
         if not cur.is_("("):
             return False
-        start, cur.pos = cur.pos, cur._tok.end()
-        number = cur.kind() == "number"
-        cur.pos = start
-        return number
+        start = cur.pos
+        try:
+            for want in ("(", "number", ",", "number", ")", ":"):
+                if (cur.kind() != "number") if want == "number" else not cur.is_(want):
+                    return False
+                cur.pos = cur._tok.end()
+            return True
+        finally:
+            cur.pos = start
 
 
 class _Sidecar:
