@@ -10,7 +10,7 @@ from ..ir.graph import Graph, Node, Region, Value
 from ..ir.types import TensorType
 from .. import _jax as jc
 from ..ir.params import UnsupportedParam, encode_param
-from .static_slices import same_dim as _same, static_slices
+from .static_slices import same_dim, static_slices
 
 # call-like primitives whose body is inlined (the primal computation is kept), and the
 # param that holds the body
@@ -117,7 +117,7 @@ class Converter:
         dtype = eqn.outvars[0].aval.dtype
         shape = tuple(eqn.invars[0].aval.shape)
         if (form.strides is None and not any(form.start) and not form.squeeze_dims
-                and all(_same(a, b) for a, b in zip(form.limit, shape))):
+                and all(same_dim(a, b) for a, b in zip(form.limit, shape))):
             return [operand]  # the whole array: JAX emits no slice either
         attrs = {"start_indices": encode_param(form.start), "limit_indices": encode_param(form.limit),
                  "strides": encode_param(form.strides)}
