@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import sys
 import warnings
 
@@ -23,11 +22,12 @@ from safetensors.numpy import save_file
 import nnxc
 from nnxc.errors import NnxcWarning
 
+import cli_inprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 from mlp import MLP, mlp  # noqa: E402
 
-NNXC = os.path.join(os.path.dirname(sys.executable), "nnxc")
 X = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
 
 
@@ -267,9 +267,7 @@ def test_safetensors_missing_keys_warn_unknown_keys_and_bad_dtypes_fail(tmp_path
 # -- the command line -------------------------------------------------------------------------
 
 def _nnxc(*argv):
-    r = subprocess.run([NNXC, *argv], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r
+    return cli_inprocess.run(*argv, cwd=ROOT)
 
 
 def test_cli_check_and_compile_with_a_checkpoint(saved, tmp_path):

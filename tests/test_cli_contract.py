@@ -1,4 +1,5 @@
-"""The CLI's contract, end to end through the real ``nnxc`` command in a subprocess: misuse
+"""The CLI's contract, end to end through ``nnxc.cli.main`` (in this process, streams captured;
+a subprocess where JAX must start with other XLA_FLAGS): misuse
 exits 2 with one line and never a traceback; filters name what is wrong; outputs go into
 folders that do not exist yet; --input data, --seed, --method, --mutable, positional input
 names, the factory inside --mesh, float64 .npy data, the deferred compile stage, RNG state
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 
 import nnxc
+
+import cli_inprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -83,8 +86,11 @@ def models(tmp_path_factory):
 
 
 def nnxc_cmd(*argv, env=None, cwd=None):
-    full_env = dict(os.environ, **(env or {}))
-    r = subprocess.run([NNXC, *argv], capture_output=True, text=True, timeout=600, env=full_env, cwd=cwd)
+    """Run the CLI in this process; in a subprocess when ``env`` must be set before JAX starts."""
+    if env is None:
+        return cli_inprocess.run(*argv, cwd=cwd)
+    r = subprocess.run([NNXC, *argv], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, **env), cwd=cwd)
     assert "Traceback" not in r.stderr, r.stderr
     return r
 

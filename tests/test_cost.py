@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -16,12 +15,13 @@ from flax import nnx
 import nnxc
 from nnxc.ir.summary import module_table
 
+import cli_inprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 from mlp import mlp  # noqa: E402
 from scan_gpt import scan_gpt  # noqa: E402
 
-NNXC = os.path.join(os.path.dirname(sys.executable), "nnxc")
 
 
 def _ir_total(g, dims) -> int:
@@ -127,20 +127,17 @@ def test_cost_refuses_dims_the_graph_does_not_have():
 
 def test_cli_compile_cost_table_and_json(tmp_path):
     out, report = tmp_path / "gpt.nnxc", tmp_path / "cost" / "gpt.json"
-    r = subprocess.run([NNXC, "compile", "examples/scan_gpt.py:scan_gpt", "-i", "tokens:i32[B,8]",
-                        "-o", str(out), "--cost", "--dims", "B=2", "--cost-json", str(report)],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    r = cli_inprocess.run("compile", "examples/scan_gpt.py:scan_gpt", "-i", "tokens:i32[B,8]",
+                          "-o", str(out), "--cost", "--dims", "B=2", "--cost-json", str(report), cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
     d = json.loads(report.read_text())
     want = nnxc.compile(nnxc.trace(scan_gpt(), "i32[B,8]")).cost(dims={"B": 2})
     assert d["flops"] == want.flops and d["flops_xla"] == want.flops_xla and d["dims"] == {"B": 2}
     flops_row = next(line for line in r.stdout.splitlines() if line.startswith("FLOPs "))
     assert flops_row.split()[1:] == [f"{want.flops:,}", f"{want.flops_xla:,}"]
     assert "blocks (Block)" in r.stdout and out.exists()
-    r = subprocess.run([NNXC, "compile", "examples/mlp.py:mlp", "-i", "x:f32[B,64]", "--eval", "-q",
-                        "-o", str(tmp_path / "mlp.nnxc"), "--cost-json", "-"],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    r = cli_inprocess.run("compile", "examples/mlp.py:mlp", "-i", "x:f32[B,64]", "--eval", "-q",
+                          "-o", str(tmp_path / "mlp.nnxc"), "--cost-json", "-", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)  # only the JSON on stdout
     assert d["graph"] == "MLP" and d["dims"] == {"B": 1} and d["loops"] == [] and d["flops"] == d["flops_xla"]

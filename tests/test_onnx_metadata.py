@@ -5,7 +5,6 @@ Exported through the real ``nnxc`` command."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import warnings
 
@@ -16,16 +15,16 @@ from onnx import numpy_helper
 
 import nnxc
 
+import cli_inprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-NNXC = os.path.join(os.path.dirname(sys.executable), "nnxc")
 
 
 def export(tmp_path, spec: str, *argv: str) -> onnx.ModelProto:
     out = tmp_path / (spec.split(":")[-1] + ".onnx")
-    r = subprocess.run([NNXC, "export", os.path.join(EXAMPLES, spec), *argv, "-o", str(out), "-q"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    r = cli_inprocess.run("export", os.path.join(EXAMPLES, spec), *argv, "-o", str(out), "-q")
+    assert r.returncode == 0, r.stderr
     return onnx.load(str(out))
 
 

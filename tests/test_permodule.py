@@ -5,7 +5,6 @@ that passes changed at their boundary are reported as not comparable."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -20,9 +19,10 @@ from nnxc.backends.onnx.table import ONNX_RULES
 from nnxc.backends.xla.rules import XLA_RULES
 from nnxc.runtime.permodule import BIN_LABELS, boundaries, match, measure, xla_values
 
+import cli_inprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-NNXC = os.path.join(os.path.dirname(sys.executable), "nnxc")
 sys.path.insert(0, EXAMPLES)
 
 from gpt import gpt  # noqa: E402
@@ -226,10 +226,9 @@ BAD_GPT = textwrap.dedent("""
 def test_cli_check_per_module_names_the_module(tmp_path):
     model = tmp_path / "bad_gpt.py"
     model.write_text(BAD_GPT.format(examples=EXAMPLES))
-    r = subprocess.run([NNXC, "check", f"{model}:gpt", "-i", "tokens:i32[B,8]", "--sizes", "2",
-                        "--per-module", "-q"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = cli_inprocess.run("check", f"{model}:gpt", "-i", "tokens:i32[B,8]", "--sizes", "2", "--per-module",
+                          "-q", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
-    assert "Traceback" not in r.stderr
     assert "onnx: first module beyond tolerance: blocks.1 (boundary value 2 of 3: f32[B,8,256])" in r.stdout
     marks = {f[0]: f[-1] for f in map(str.split, r.stdout.splitlines()) if len(f) > 2 and f[1] == "onnx"}
     assert marks["blocks.1"] == "✗" and marks["head"] == "✗"
@@ -240,9 +239,8 @@ def test_cli_check_per_module_names_the_module(tmp_path):
 
 def test_cli_per_module_and_repro_need_check_on_export(tmp_path):
     for flag in (["--per-module"], ["--repro", str(tmp_path / "r")]):
-        r = subprocess.run([NNXC, "export", os.path.join(EXAMPLES, "mlp.py") + ":mlp", "-i", "x:f32[B,64]",
-                            "-o", str(tmp_path / "m.onnx"), "-q", *flag], capture_output=True, text=True,
-                           timeout=600)
+        r = cli_inprocess.run("export", os.path.join(EXAMPLES, "mlp.py") + ":mlp", "-i", "x:f32[B,64]",
+                              "-o", str(tmp_path / "m.onnx"), "-q", *flag)
         assert r.returncode == 2
         assert r.stderr.strip() == f"nnxc: error: {flag[0]} needs --check"
         assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "r").exists()

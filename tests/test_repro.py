@@ -16,9 +16,10 @@ import pytest
 import nnxc
 from nnxc.backends.onnx.table import ONNX_RULES
 
+import cli_inprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-NNXC = os.path.join(os.path.dirname(sys.executable), "nnxc")
 FILES = {"model.ir", "weights.npz", "inputs.npz", "model.onnx", "reference.npz", "check.json",
          "versions.json", "report.txt", "repro.py"}
 
@@ -75,9 +76,13 @@ def models(tmp_path_factory):
 
 
 def run(*argv, cwd=None):
+    """A fresh process: what a user does with the written ``repro.py``."""
     r = subprocess.run(list(argv), capture_output=True, text=True, timeout=600, cwd=cwd)
     assert "Traceback" not in r.stderr, r.stderr
     return r
+
+
+nnxc_cmd = cli_inprocess.run  # the CLI in this process (the bad factories' rules are put back)
 
 
 ROW = re.compile(r"^(\S+(?: \(update\))?)\s+(\d+)\s+(xla|onnx)\s+(\S+)\s+\S+\s+([✓✗])")
@@ -95,7 +100,7 @@ def table(stdout: str) -> dict:
 
 def test_check_repro_folder_reproduces_the_mismatch_and_a_clean_check_writes_none(models, tmp_path):
     folder = tmp_path / "repro"
-    r = run(NNXC, "check", f"{models}:bad_gpt", "-i", "tokens:i32[B,8]", "--sizes", "1,3",
+    r = nnxc_cmd("check", f"{models}:bad_gpt", "-i", "tokens:i32[B,8]", "--sizes", "1,3",
             "--repro", str(folder), "-q")
     assert r.returncode == 1, r.stderr
     assert f"repro: wrote {folder} (python {folder}/repro.py reproduces the mismatch)" in r.stdout
@@ -126,14 +131,14 @@ def test_check_repro_folder_reproduces_the_mismatch_and_a_clean_check_writes_non
     assert "mismatch: onnx output" in rep.stdout
 
     clean = tmp_path / "clean"
-    r = run(NNXC, "check", f"{models}:gpt", "-i", "tokens:i32[B,8]", "--sizes", "1", "--repro", str(clean), "-q")
+    r = nnxc_cmd("check", f"{models}:gpt", "-i", "tokens:i32[B,8]", "--sizes", "1", "--repro", str(clean), "-q")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not clean.exists() and "repro:" not in r.stdout
 
 
 def test_export_check_repro_with_updates_and_a_fixed_model_passes(models, tmp_path):
     folder = tmp_path / "r"
-    r = run(NNXC, "export", f"{models}:bad_net", "-i", "x:f32[B,4]", "-o", str(tmp_path / "net.onnx"),
+    r = nnxc_cmd("export", f"{models}:bad_net", "-i", "x:f32[B,4]", "-o", str(tmp_path / "net.onnx"),
             "--check", "--sizes", "2", "--repro", str(folder), "-q")
     assert r.returncode == 1, r.stderr
     assert FILES <= set(os.listdir(folder))
@@ -152,7 +157,7 @@ def test_export_check_repro_with_updates_and_a_fixed_model_passes(models, tmp_pa
 
     # the same folder with a correct ONNX model (same weights: same seed) passes, with notes of
     # version drift on stderr when versions.json says otherwise
-    good = run(NNXC, "export", f"{models}:net", "-i", "x:f32[B,4]", "-o", str(folder / "model.onnx"), "-q")
+    good = nnxc_cmd("export", f"{models}:net", "-i", "x:f32[B,4]", "-o", str(folder / "model.onnx"), "-q")
     assert good.returncode == 0, good.stderr
     versions = json.loads((folder / "versions.json").read_text())
     (folder / "versions.json").write_text(json.dumps({**versions, "jax": "0.0.1"}))
