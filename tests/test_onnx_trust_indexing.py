@@ -99,6 +99,14 @@ def test_static_edge_pad():  # broadcasts to a static 0: onnxruntime's optimizer
     check(lambda x: x + lax.broadcasted_iota(jnp.float32, (0, 5), 1).sum(0), normal(4, 5))
 
 
+def test_negative_pad_that_crops_into_the_other_padding():  # fuzz seed 30951
+    # low -1 on an empty axis removes the first of the two high padding values
+    check(lambda x: lax.pad(x, 7.0, ((1, 0, 0), (-1, 2, 0))), normal(4, 0))
+    check(lambda x: lax.pad(x != 0, jnp.array(True), ((0, 0, 0), (-3, 4, 0))), normal(2, 2))
+    check(lambda x: lax.pad(x, -1.0, ((3, -4, 0), (0, 0, 0))), normal(2, 3))
+    check(lambda x: lax.pad(x, 0.5, ((-2, 3, 1), (0, 0, 0))), normal(2, 3))
+
+
 # -- 4. reshapes with symbolic dims ------------------------------------------------------------
 
 SYMBOLIC_RESHAPES = {
