@@ -121,6 +121,8 @@ XLA_SAMPLES = {
     "reduce_min": (lambda x: lax.reduce_min(x, (0, 1)), X), "reduce_prod": (lambda x: lax.reduce_prod(x, (1,)), X),
     "argmax": (lambda x: jnp.argmax(x, 0), X), "cumsum": (lambda x: lax.cumsum(x, 1), X),
     "cumprod": (lambda x: lax.cumprod(x, 0), X), "sort": (lambda x: lax.sort(x, dimension=1), X),
+    "reduce": (lambda x: lax.reduce(x, np.float32(0.5), lambda a, v: a * 0.5 + v, (1,)), X),
+    "reduce_window": (lambda x: lax.reduce_window(x, np.float32(0.5), lambda a, v: a * 0.5 + v, (2, 2), (1, 1), "SAME"), X),
     "eq_to": (lambda x: jnp.searchsorted(jnp.sort(x[0] + 1j * x[1]), x[2] + 1j * x[0], method="scan"), X),
     "lt_to": (lambda x: jnp.searchsorted(jnp.sort(x[0]), x[1], method="compare_all"), X),
     "stop_gradient": (lambda x: lax.stop_gradient(x) * 2, X),

@@ -14,9 +14,10 @@ accelerator (cuDNN, Pallas, Mosaic, Triton) and JAX's experimental ``hijax`` are
 A module that does not exist in the installed JAX is skipped.
 
 Status on XLA: the frontend inlines call-like primitives (``INLINE``: their body is traced
-through), turns ``scan`` / ``while`` / ``cond`` into regions, refuses the ones in its
-``REFUSED`` table, and otherwise keeps the primitive as an IR node that the XLA backend binds
-again (or lowers with a rule in ``XLA_RULES``). Status on ONNX: a rule in ``ONNX_RULES``
+through), turns ``scan`` / ``while`` / ``cond`` and the reducers of ``reduce`` /
+``reduce_window`` into regions, refuses the ones in its ``REFUSED`` table, and otherwise
+keeps the primitive as an IR node that the XLA backend binds again (or lowers with a rule
+in ``XLA_RULES``). Status on ONNX: a rule in ``ONNX_RULES``
 (``native`` when the rule is one ONNX op, else the rule module that decomposes it), inlined
 as on XLA, or refused. The opset column is the lowest opset the rule exports at (13, nnxc's
 oldest, unless the rule demands more, ``need(b, N, ...)``; cases that demand more are named).
@@ -58,10 +59,6 @@ MODULES = ("jax._src.ad_util", "jax._src.core", "jax._src.custom_derivatives", "
 
 # primitives the frontend refuses at trace: their params have no IR form (each was tried)
 TRACE_REFUSED = {
-    "reduce": "its reducer is a jaxpr param (param 'jaxpr'), which the frontend does not turn into a "
-              "region yet; lax.reduce with +, *, max, min, and, or, xor binds reduce_sum etc. instead",
-    "reduce_window": "its reducer is a jaxpr param (param 'jaxpr'), which the frontend does not turn into a "
-                     "region yet; lax.reduce_window with +, max, min binds reduce_window_sum / max / min",
     "sharding_constraint": "its params sharding (NamedSharding, SingleDeviceSharding) and context_mesh have "
                            "no IR attribute form",
     "device_put": "its param copy_semantics (ArrayCopySemantics) has no IR attribute form; drop "
@@ -129,10 +126,7 @@ _NO_ONNX = "no ONNX rule"
 _NO_OP = "ONNX has no operator for it, and nnxc has no decomposition into ONNX ops yet"
 # why a primitive that traces has no ONNX rule, or no ONNX test
 ONNX_REASONS = {
-    **{p: _NO_OP for p in ("cholesky_update", "ormqr", "symmetric_product", "tridiagonal",
-                           "tridiagonal_solve", "mulhi", "scaled_dot")},
-    **{p: "a rule exists, but no ONNX test names the primitive yet"
-       for p in ("householder_product", "lu_pivots_to_permutation")},
+    **{p: _NO_OP for p in ("cholesky_update", "ormqr", "symmetric_product", "mulhi", "scaled_dot")},
     "random_gamma": "jax.random.gamma's sampler (a rejection loop per element over threefry draws) has "
                     "no ONNX rule yet",
     "rng_bit_generator": "XLA's counter-based generator (state in, state and bits out) has no ONNX rule yet",
@@ -261,6 +255,8 @@ def xla_status(name: str) -> tuple[str, bool]:
     if _inlined(fe, name):
         return "inlined (its body is traced through)", True
     if name in fe.REGIONS:
+        if name in xla_rules and name not in ("scan", "while", "cond"):
+            return "rule (binds the primitive; its reducer is a region)", True
         return "region (lax control flow)", True
     if name in xla_rules:
         return "rule", True

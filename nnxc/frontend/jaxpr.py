@@ -1,4 +1,5 @@
-"""jaxpr -> IR. Call-like primitives are inlined; scan/while/cond become regions."""
+"""jaxpr -> IR. Call-like primitives are inlined; scan/while/cond, and the reducers of
+reduce/reduce_window, become regions."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -18,11 +19,15 @@ INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_ca
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
           "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr",
           "remat2": "jaxpr"}
-# primitives that become nodes with regions, and the params that hold their bodies
-REGIONS = {"scan": ("jaxpr",), "while": ("cond_jaxpr", "body_jaxpr"), "cond": ("branches",)}
+# primitives that become nodes with regions, and the params that hold their bodies (a
+# reducer: a region of scalars, (accumulators..., elements...) -> accumulators...)
+REGIONS = {"scan": ("jaxpr",), "while": ("cond_jaxpr", "body_jaxpr"), "cond": ("branches",),
+           "reduce": ("jaxpr",), "reduce_window": ("jaxpr",)}
 # params that only matter to autodiff or are implied by the op; not kept in the IR
 DROPPED = {"scan": {"linear", "_split_transpose", "jaxpr"},
            "while": {"cond_jaxpr", "body_jaxpr"}, "cond": {"branches"},
+           "reduce": {"computation", "jaxpr"},  # computation: the Python function traced into jaxpr
+           "reduce_window": {"jaxpr", "consts"},  # consts: the reducer's closed-over constants
            "scatter-add": {"update_jaxpr", "update_consts"},
            "scatter-mul": {"update_jaxpr", "update_consts"},
            "scatter-sub": {"update_jaxpr", "update_consts"},
@@ -154,6 +159,8 @@ class Converter:
         regions = []
         for key in REGIONS.get(name, ()):
             bodies = eqn.params[key]
+            if name == "reduce_window":  # an open jaxpr, its constants in another param
+                bodies = jc.ClosedJaxpr(bodies, list(eqn.params["consts"]))
             for body in (bodies if isinstance(bodies, (tuple, list)) else (bodies,)):
                 regions.append(self.region(body, path))
         return Node(name, ins, out_types, attrs, regions, path, loc)

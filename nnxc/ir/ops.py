@@ -138,6 +138,55 @@ def _cond(node: Node, ins: list, env: dict) -> list:
     return outs or []
 
 
+def _reducer(node: Node, ins: list) -> tuple[list, list]:
+    """(operands, their dtypes) of reduce / reduce_window, after checking the inputs (operands of
+    one shape, then a scalar initial value each) and the reducer region: ``(accumulators...,
+    elements...) -> accumulators...``, all scalars of the operands' dtypes."""
+    n = len(ins) // 2
+    if not n or len(ins) != 2 * n:
+        raise ShapeError(f"{node.op} takes operands and as many initial values, got {len(ins)} inputs")
+    ops, inits = ins[:n], ins[n:]
+    if any(t.shape != ops[0].shape for t in ops):
+        raise ShapeError(f"{node.op} operands differ in shape: " + ", ".join(map(str, ops)))
+    scalars = [TensorType((), t.dtype) for t in ops]
+    _expect(f"{node.op} initial values", inits, scalars)
+    if len(node.regions) != 1:
+        raise ShapeError(f"{node.op} takes one region (its reducer), got {len(node.regions)}")
+    (body,) = node.regions
+    _expect(f"{node.op} reducer arguments", [v.type for v in body.args], scalars + scalars)
+    _expect(f"{node.op} reducer results", [v.type for v in body.results], scalars)
+    return ops, [t.dtype for t in ops]
+
+
+@shape_rule("reduce")
+def _reduce(node: Node, ins: list, env: dict) -> list:
+    ops, dtypes = _reducer(node, ins)
+    dims = tuple(node.attrs["dimensions"])
+    rank = ops[0].rank
+    if len(set(dims)) != len(dims) or not all(0 <= d < rank for d in dims):
+        raise ShapeError(f"reduce dimensions {dims} for operands of rank {rank}")
+    shape = tuple(d for i, d in enumerate(ops[0].shape) if i not in dims)
+    return [TensorType(shape, t) for t in dtypes]
+
+
+_WINDOW = ("window_dimensions", "window_strides", "padding", "base_dilation", "window_dilation")
+
+
+@shape_rule("reduce_window")
+def _reduce_window(node: Node, ins: list, env: dict) -> list:
+    # the windowed shape is what JAX's rule gives reduce_window_max (same params, no reducer)
+    ops, dtypes = _reducer(node, ins)
+    from .params import decode_param
+    params = {k: decode_param(node.attrs[k], env) for k in _WINDOW}
+    probe = TensorType(ops[0].shape, "f32")
+    try:
+        (out,) = jc.abstract_eval(jc.primitive("reduce_window_max"), [aval(probe, env)], params)
+    except Exception as e:  # noqa: BLE001 - JAX raises many types for bad windows
+        raise ShapeError(f"{type(e).__name__}: {e}") from None
+    shape = from_aval(out).shape
+    return [TensorType(shape, t) for t in dtypes]
+
+
 @shape_rule("scatter", "scatter-add", "scatter-sub", "scatter-mul", "scatter-min", "scatter-max")
 def _scatter(node: Node, ins: list, env: dict) -> list:
     # JAX's rule wants the combiner jaxpr, which the IR leaves out: the result is the operand's type

@@ -11,7 +11,7 @@ from __future__ import annotations
 from onnx import TensorProto, helper
 
 from ...ir.types import TensorType
-from .builder import value_info
+from .builder import onnx_dtype, value_info
 from .shape import INT64_MIN, dims_of
 from .table import rule
 
@@ -67,6 +67,40 @@ def _loop_inputs(b, types) -> tuple[str, str, list[str], list]:
     carry = [b.ctx.fresh("carry") for _ in types]
     infos = [_scalar_info(it, TensorProto.INT64), _scalar_info(cond, TensorProto.BOOL)]
     return it, cond, _pairs(b, carry, types), infos + [_info(n, t) for n, t in zip(carry, types)]
+
+
+def loop(b, trips: str, carried: list[tuple[str, str]], body, scans: tuple[str, ...] = ()):
+    """An ONNX ``Loop`` run ``trips`` (an i64 scalar) times over the ``carried`` (name, dtype)
+    values: ``body(sub, it, values) -> (new values, scanned)`` emits one step into builder
+    ``sub`` from the step number ``it`` (i64, from 0) and the carried names. Each scanned value
+    (dtypes ``scans``) comes out stacked along a new leading axis. Values are declared by element
+    type only. Returns (carried, scanned) output names."""
+    ctx = b.ctx
+    sub = b.sub()
+    it, cond = ctx.fresh("iter"), ctx.fresh("cond")
+    names = [ctx.fresh("carry") for _ in carried]
+    typed = lambda n, t: helper.make_tensor_value_info(n, onnx_dtype(t), None)  # noqa: E731
+    inputs = [_scalar_info(it, TensorProto.INT64), _scalar_info(cond, TensorProto.BOOL)]
+    inputs += [typed(n, t) for n, (_, t) in zip(names, carried)]
+    new, scanned = body(sub, it, names)
+    results = _results(sub, [sub.op("Identity", cond), *new, *scanned])
+    types = [t for _, t in carried] + list(scans)
+    outputs = [_scalar_info(results[0], TensorProto.BOOL)] + [typed(n, t) for n, t in zip(results[1:], types)]
+    graph = helper.make_graph(sub.nodes, ctx.fresh("loop_body"), inputs, outputs)
+    outs = b.op("Loop", trips, None, *[n for n, _ in carried], outs=len(types), body=graph)
+    outs = [outs] if isinstance(outs, str) else list(outs)
+    return outs[:len(carried)], outs[len(carried):]
+
+
+def choose(b, cond: str, then, otherwise, types: list) -> list[str]:
+    """An ONNX ``If`` on the bool scalar ``cond``: ``then(sub)`` and ``otherwise(sub)`` emit a
+    branch into a builder of its own and return its result names (of IR types ``types``)."""
+    graphs = []
+    for fn in (then, otherwise):
+        sub = b.sub()
+        graphs.append(_graph(b, sub, "branch", [], fn(sub), types))
+    outs = b.op("If", cond, outs=len(types), then_branch=graphs[0], else_branch=graphs[1])
+    return [outs] if isinstance(outs, str) else list(outs)
 
 
 @rule("scan")

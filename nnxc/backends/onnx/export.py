@@ -37,7 +37,7 @@ from ..._version import __version__
 from ...errors import NnxcWarning, NnxcError, UnsupportedOpError
 from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol
-from . import control, elementwise, fused, indexing, linalg, reductions, rng, shape, special, fft  # noqa: F401 - rules
+from . import control, elementwise, fused, indexing, linalg, reducers, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, live_nodes, value_info
 from .fft import PART, as_pair, boundary_type, is_complex, pair
 from .table import Refused

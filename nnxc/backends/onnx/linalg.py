@@ -1,5 +1,6 @@
 """dot_general -> MatMul (or Einsum), conv_general_dilated -> Conv; the linear algebra
-primitives (cholesky, triangular_solve, lu, qr, eigh, ...) unrolled for static sizes."""
+primitives (cholesky, triangular_solve, lu, qr, eigh, tridiagonal, ...) unrolled for static
+sizes, tridiagonal_solve as ONNX Loops over the rows."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,8 @@ import math
 import numpy as np
 
 from ...ir.types import to_dtype
-from .shape import dim_add, dim_mul, interior_pad, reshape
+from . import reductions
+from .shape import INT64_MIN, dim_add, dim_mul, interior_pad, reshape
 from .table import Refused, rule
 
 
@@ -280,6 +282,19 @@ def _platform_index(b, node, xs):
     return b.scalar(pick, node.outputs[0].type.dtype)
 
 
+def _reflector(b, alpha: str, rest: str, r: int, dt: str) -> tuple[str, str, str]:
+    """LAPACK's dlarfg on the column ``[alpha; rest]`` ([..., 1, 1] and [..., k, 1]): (tau,
+    beta, v) with ``H = I - tau [1; v] [1; v]^T`` taking the column to ``[beta; 0]``."""
+    ss = b.op("MatMul", _mT(b, rest, r), rest)  # |rest|^2, [..., 1, 1]
+    norm = b.op("Sqrt", b.op("Add", b.op("Mul", alpha, alpha), ss))
+    sign = b.where(b.op("Less", alpha, b.scalar(0, dt)), b.scalar(1, dt), b.scalar(-1, dt), dt)
+    beta = b.op("Mul", sign, norm)  # -sign(alpha) * |x|
+    trivial = b.op("Equal", ss, b.scalar(0, dt))  # H = I: tau = 0, the column stays
+    tau = b.where(trivial, b.scalar(0, dt), b.op("Div", b.op("Sub", beta, alpha), beta), dt)
+    v = b.where(trivial, rest, b.op("Mul", rest, b.op("Div", b.scalar(1, dt), b.op("Sub", alpha, beta))), dt)
+    return tau, b.where(trivial, alpha, beta, dt), v
+
+
 def _geqrf(b, a: str, m: int, n: int, batch: list, r: int, dt: str) -> tuple[str, list]:
     """Householder QR as LAPACK's geqr2/dlarfg: returns R above the diagonal with the
     reflectors' vectors below it, and the taus ([..., 1, 1] each)."""
@@ -289,15 +304,7 @@ def _geqrf(b, a: str, m: int, n: int, batch: list, r: int, dt: str) -> tuple[str
             taus.append(b.expand(b.scalar(0, dt), [*batch, 1, 1]))
             continue
         x = _part(b, a, r, rows=(j, m), cols=(j, j + 1))
-        alpha, rest = _part(b, x, r, rows=(0, 1)), _part(b, x, r, rows=(1, m - j))
-        ss = b.op("MatMul", _mT(b, rest, r), rest)  # |rest|^2, [..., 1, 1]
-        norm = b.op("Sqrt", b.op("Add", b.op("Mul", alpha, alpha), ss))
-        sign = b.where(b.op("Less", alpha, b.scalar(0, dt)), b.scalar(1, dt), b.scalar(-1, dt), dt)
-        beta = b.op("Mul", sign, norm)  # -sign(alpha) * |x|
-        trivial = b.op("Equal", ss, b.scalar(0, dt))  # H = I: tau = 0, the column stays
-        tau = b.where(trivial, b.scalar(0, dt), b.op("Div", b.op("Sub", beta, alpha), beta), dt)
-        v = b.where(trivial, rest, b.op("Mul", rest, b.op("Div", b.scalar(1, dt), b.op("Sub", alpha, beta))), dt)
-        beta = b.where(trivial, alpha, beta, dt)
+        tau, beta, v = _reflector(b, _part(b, x, r, rows=(0, 1)), _part(b, x, r, rows=(1, m - j)), r, dt)
         newcol = b.op("Concat", beta, v, axis=r - 2)
         parts = [_part(b, a, r, rows=(j, m), cols=(0, j))] if j else []
         parts.append(newcol)
@@ -363,6 +370,124 @@ def _qr(b, node, xs):
     rows = min(m, n) if not node.attrs.get("full_matrices") else m
     zero = b.scalar(0, dt)
     return [q, b.where(b.const(_tri_mask(rows, n, 0, upper=True)), a, zero, dt)]
+
+
+@rule("tridiagonal")
+def _tridiagonal(b, node, xs):
+    """LAPACK's sytd2 (what sytrd runs up to 32x32), Householder reduction of the named
+    triangle to T = Q^T A Q: per column i, the reflector (dlarfg) of the column below the
+    subdiagonal, ``w = tau A v - tau/2 (tau v^T A v) v`` and ``A -= v w^T + w v^T`` on the
+    trailing block (kept whole and symmetric here, where LAPACK updates its triangle). Outputs
+    the reflectors below the subdiagonal with T's diagonals on it (the other triangle keeps
+    the input's values), d, e and the taus. ``lower=False`` is the same on the matrix with its
+    rows and columns reversed, whose results come back reversed."""
+    n, _, batch = _matrix(node, square=True)
+    t = node.inputs[0].type
+    r, dt = t.rank, t.dtype
+    lower = bool(node.attrs.get("lower", True))
+    flip = lambda x, axes: b.slice(x, [-1] * len(axes), [INT64_MIN] * len(axes), axes, [-1] * len(axes))  # noqa: E731
+    a = xs[0] if lower else flip(xs[0], [r - 2, r - 1])
+    low = b.const(_tri_mask(n, n, 0, upper=False))
+    blk = b.where(low, a, _mT(b, a, r), dt)  # the symmetric matrix, then its trailing block
+    d, e, taus, cols = [], [], [], []
+    zero = b.scalar(0, dt)
+    for i in range(n - 1):
+        m = n - i
+        d.append(_part(b, blk, r, rows=(0, 1), cols=(0, 1)))
+        x = _part(b, blk, r, rows=(1, m), cols=(0, 1))  # [..., m-1, 1]
+        alpha = _part(b, x, r, rows=(0, 1))
+        if m == 2:  # a one-element reflector: H = I
+            e.append(alpha)
+            taus.append(b.expand(zero, [*batch, 1, 1]))
+            cols.append(b.op("Concat", d[-1], alpha, axis=r - 2))
+            blk = _part(b, blk, r, rows=(1, 2), cols=(1, 2))
+            break
+        tau, beta, v = _reflector(b, alpha, _part(b, x, r, rows=(1, m - 1)), r, dt)
+        e.append(beta)
+        taus.append(tau)
+        cols.append(b.op("Concat", d[-1], beta, v, axis=r - 2))
+        a22 = _part(b, blk, r, rows=(1, m), cols=(1, m))
+        vf = b.op("Concat", b.expand(b.scalar(1, dt), [*batch, 1, 1]), v, axis=r - 2)
+        y = b.op("Mul", tau, b.op("MatMul", a22, vf))  # tau A v
+        half = b.op("Mul", b.op("Mul", b.scalar(-0.5, dt), tau), b.op("MatMul", _mT(b, y, r), vf))
+        w = b.op("Add", y, b.op("Mul", half, vf))
+        upd = b.op("Sub", b.op("Sub", a22, b.op("MatMul", vf, _mT(b, w, r))), b.op("MatMul", w, _mT(b, vf, r)))
+        blk = b.where(b.op("Equal", tau, zero), a22, upd, dt)  # LAPACK skips H = I
+    d.append(blk)  # the last 1x1 block
+    cols.append(d[-1])
+    pad_top = [b.op("Pad", c, b.i64(*[0] * (r - 2), n - c_len, 0, *[0] * r)) if c_len < n else c
+               for c, c_len in zip(cols, range(n, 0, -1))]
+    arr = b.where(low, _cat(b, pad_top, r - 1), a, dt)
+    vec = lambda parts: b.squeeze(_cat(b, parts, r - 1), [r - 2])  # noqa: E731 - [..., 1, k] -> [..., k]
+    outs = [arr, vec(d), vec(e) if e else b.expand(zero, [*batch, 0]),
+            vec(taus) if taus else b.expand(zero, [*batch, 0])]
+    if lower:
+        return outs
+    return [flip(outs[0], [r - 2, r - 1])] + [flip(o, [r - 2]) for o in outs[1:]]
+
+
+@rule("tridiagonal_solve")
+def _tridiagonal_solve(b, node, xs):
+    """LAPACK's gtsv, Gaussian elimination with partial pivoting as it does it: per row, row
+    i+1 is swapped up when |dl[i+1]| > |d[i]| (which fills a second superdiagonal), then back
+    substitution; an ONNX Loop over the rows for each sweep, so the system size only has to be
+    static. A singular system (a zero pivot) gives NaN, as JAX returns for LAPACK's info > 0."""
+    if node.attrs.get("perturb_singular"):
+        raise Refused("tridiagonal_solve with perturb_singular=True (a perturbation of tiny pivots "
+                      "in jaxlib's own kernel) has no ONNX lowering in nnxc")
+    from .control import loop
+    bt = node.inputs[3].type
+    dt, r, m = bt.dtype, bt.rank, bt.shape[-2]
+    if dt not in _LINALG_DTYPES:
+        raise Refused(f"tridiagonal_solve on {dt} ({bt}): nnxc lowers linear algebra to ONNX for f32 and f64 only")
+    if not isinstance(m, int):
+        raise Refused(f"tridiagonal_solve of a system of symbolic size {m} ({bt}): the size must be static")
+    perm = [r - 2, *range(r - 2), r - 1]  # rows first: [..., m, k] -> [m, ..., k]
+    dl, d, du = (b.transpose(b.unsqueeze(x, [r - 1]), perm) for x in xs[:3])  # [m, ..., 1]
+    rhs = b.transpose(xs[3], perm)
+    zero = b.scalar(0, dt)
+
+    def row(bb, x, i):
+        return bb.op("Gather", x, i if isinstance(i, str) else bb.scalar(i, "i64"), axis=0)
+
+    def forward(sb, it, carried):  # row `it` (carried: its diagonal, superdiagonal, rhs) against row it+1
+        cd, cu, cr = carried
+        j = sb.op("Add", it, sb.scalar(1, "i64"))
+        lo, dn, up, nb = row(sb, dl, j), row(sb, d, j), row(sb, du, j), row(sb, rhs, j)
+        swap = sb.op("Less", sb.op("Abs", cd), sb.op("Abs", lo))
+        keep_f, swap_f = sb.op("Div", lo, cd), sb.op("Div", cd, lo)
+        pick = lambda p, q: sb.where(swap, p, q, dt)  # noqa: E731 - (rows swapped, rows kept)
+        new = [pick(sb.op("Sub", cu, sb.op("Mul", swap_f, dn)), sb.op("Sub", dn, sb.op("Mul", keep_f, cu))),
+               pick(sb.op("Neg", sb.op("Mul", swap_f, up)), up),
+               pick(sb.op("Sub", cr, sb.op("Mul", swap_f, nb)), sb.op("Sub", nb, sb.op("Mul", keep_f, cr)))]
+        done = [pick(lo, cd), pick(dn, cu), pick(up, sb.expand(zero, [1])), pick(nb, cr)]  # U's row `it`
+        return new, done
+
+    def backward(sb, it, carried):  # x[i] from x[i+1], x[i+2] for i = m-2, m-3, ...
+        x1, x2 = carried
+        i = sb.op("Sub", sb.scalar(m - 2, "i64"), it)
+        xi = sb.op("Sub", row(sb, rr, i), sb.op("Mul", row(sb, ru, i), x1))  # LAPACK's order
+        xi = sb.op("Div", sb.op("Sub", xi, sb.op("Mul", row(sb, rf, i), x2)), row(sb, rd, i))
+        return [xi, x1], [xi]
+
+    last_d, last_r = row(b, d, 0), row(b, rhs, 0)
+    pivots = x_all = None
+    if m > 1:
+        last = b.slice(du, [m - 1], [m], [0])  # du[m-1] is not part of the matrix
+        du = b.op("Concat", b.slice(du, [0], [m - 1], [0]), b.op("Expand", zero, b.op("Shape", last)), axis=0)
+        trips = b.scalar(m - 1, "i64")
+        (last_d, _, last_r), (rd, ru, rf, rr) = loop(
+            b, trips, [(last_d, dt), (row(b, du, 0), dt), (last_r, dt)], forward, (dt,) * 4)
+        pivots = rd
+    x_last = b.op("Div", last_r, last_d)
+    x_all = b.unsqueeze(x_last, [0])
+    pivots = b.unsqueeze(last_d, [0]) if pivots is None else b.op("Concat", pivots, b.unsqueeze(last_d, [0]), axis=0)
+    if m > 1:
+        _, (back,) = loop(b, trips, [(x_last, dt), (b.op("Expand", zero, b.op("Shape", x_last)), dt)], backward, (dt,))
+        x_all = b.op("Concat", b.slice(back, [-1], [INT64_MIN], [0], [-1]), x_all, axis=0)
+    singular = reductions.reduce(b, "ReduceMax", b.cast(b.op("Equal", pivots, zero), "bool", "i32"), [0], keepdims=1)
+    x_all = b.where(b.cast(singular, "i32", "bool"), b.scalar(np.nan, dt), x_all, dt)
+    return b.transpose(x_all, [*range(1, r - 1), 0, r - 1])
 
 
 def _jacobi_rounds(n: int) -> tuple[int, list]:

@@ -149,6 +149,31 @@ def _cond(node, args, dims):
     return list(lax.switch(index, branches, *ops))
 
 
+# -- reducers: reduce / reduce_window bind JAX's primitive with the region as its jaxpr ------
+
+def reducer_jaxpr(region: Region, dims: dict):
+    """The reducer region as the ClosedJaxpr JAX's reduce primitives take (traced on scalars),
+    and the Python function it was traced from."""
+    def fn(*xs):
+        return run_region(region, list(xs), dims)
+    scalars = [jax.ShapeDtypeStruct((), to_dtype(v.type.dtype)) for v in region.args]
+    return jax.make_jaxpr(fn)(*scalars), fn
+
+
+@rule("reduce")
+def _reduce(node, args, dims):
+    closed, fn = reducer_jaxpr(node.regions[0], dims)
+    params = dict(attrs_of(node, dims), jaxpr=closed, computation=fn)
+    return jc.bind(jc.primitive("reduce"), args, params)
+
+
+@rule("reduce_window")
+def _reduce_window(node, args, dims):
+    closed, _ = reducer_jaxpr(node.regions[0], dims)
+    params = dict(attrs_of(node, dims), jaxpr=closed.jaxpr, consts=tuple(closed.consts))
+    return jc.bind(jc.primitive("reduce_window"), args, params)
+
+
 # -- ops whose JAX params include functions the IR does not keep ------------------
 
 _SCATTERS = {"scatter": lax.scatter, "scatter-add": lax.scatter_add, "scatter-sub": lax.scatter_sub,

@@ -261,6 +261,8 @@ def region_operands(node: Node, r: int) -> list:
         outer = (ins[:cn] if r == 0 else ins[cn:cn + bn]) + ins[cn + bn:]
     elif node.op == "cond":
         outer = ins[1:]
+    elif node.op in ("reduce", "reduce_window"):  # (accumulators..., elements...) <- (inits, operands)
+        outer = ins[len(ins) // 2:] + ins[:len(ins) // 2]
     else:
         outer = ins
     return list(outer) if len(outer) == n else [None] * n
@@ -271,4 +273,6 @@ def region_label(node: Node, r: int) -> str:
         return ("cond", "body")[r] if r < 2 else f"region {r}"
     if node.op == "cond":
         return f"branch {r}"
+    if node.op in ("reduce", "reduce_window"):
+        return "reducer"
     return "body" if len(node.regions) == 1 else f"region {r}"
