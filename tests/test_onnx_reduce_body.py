@@ -137,6 +137,8 @@ WINDOWS = {
     "horner_padded_1d": (lambda x: lax.reduce_window(x, 0.5, horner, (1, 3), (1, 1), ((0, 0), (1, 1))), "f32[B,12]"),
     "horner_dilated": (lambda x: lax.reduce_window(x, 0.5, horner, (1, 3), (1, 2), ((0, 0), (2, 1)), (1, 2), (1, 2)),
                        "f32[B,12]"),
+    "horner_negative_pad": (lambda x: lax.reduce_window(x, 0.5, horner, (1, 3), (1, 2), ((0, 0), (-2, 1)), (1, 2)),
+                            "f32[B,12]"),
     "horner_disjoint": (lambda x: lax.reduce_window(x, 0.5, horner, (1, 4), (1, 4), ((0, 0), (1, 1))), "f32[B,12]"),
     "horner_long_window": (lambda x: lax.reduce_window(x, 0.5, horner, (1, 12), (1, 1), ((0, 0), (5, 6))),
                            "f32[B,12]"),  # 12 positions: an ONNX Loop
