@@ -19,7 +19,7 @@ import pytest
 
 import fuzzgen
 
-SEEDS = [*range(100), 2277]  # 100 consecutive seeds, and programs of fixed findings
+SEEDS = [*range(100), 2277, 31561]  # 100 consecutive seeds, and programs of fixed findings
 
 # seed -> (expected failures {(stage, kind, exception type for crashes)}, why); none open
 KNOWN: dict[int, tuple[set, str]] = {}
@@ -132,6 +132,17 @@ def test_xla_fma_contraction_across_an_overflow_is_xla_only():
     JAX's op-by-op evaluation agrees with ONNX, so the check says 'xla_only'."""
     program = fuzzgen.generate(13320)
     assert "v7 = v2 - v6" in program.source
+    kinds = {o.stage: o.kind for o in fuzzgen.check(program, ("none", "onnx"))}
+    assert kinds == {"none": "ok", "onnx": "xla_only"}, kinds
+
+
+def test_xla_division_by_a_broadcast_reciprocal_is_xla_only():
+    """Seed 31407: x0 / (|x1| + 1) with x1 broadcast and 1.7e38 in both. XLA:CPU divides by a
+    broadcast value as x0 * (1 / y), and 1 / 1.7e38 underflows to 0: jax.jit gives 0 (and NaN
+    for inf / 1.7e38) where the division (and onnxruntime) gives 1 (inf). The difference stays
+    finite through the clip and the Linear after it; op by op JAX agrees with ONNX."""
+    program = fuzzgen.generate(31407)
+    assert "v4 = x0 / (jnp.abs(x1) + 1.0)" in program.source
     kinds = {o.stage: o.kind for o in fuzzgen.check(program, ("none", "onnx"))}
     assert kinds == {"none": "ok", "onnx": "xla_only"}, kinds
 

@@ -9,8 +9,8 @@ Programs are seeds S .. S+N-1 (``fuzzgen.generate(seed)``), or the ``--seeds`` l
 under a per-program timeout (signal.alarm; a worker that hangs in native code or dies is
 killed/restarted and the program counted as a crash), so one bad program never ends the
 campaign. Prints a summary table (programs, ok, refused, mismatches by stage, crashes by
-stage and exception type, ort_refused, xla_only: ONNX differing from jax.jit only in NaN/inf
-where JAX's own op-by-op evaluation agrees with ONNX, counted apart) and writes to ``--out``:
+stage and exception type, ort_refused, xla_only: ONNX differing from jax.jit where JAX's own
+op-by-op evaluation agrees with ONNX, counted apart) and writes to ``--out``:
 
   <kind>_<seed>.py      a standalone reproducer per failing program and kind (mismatch, crash,
                         ort_refused, invalid): the program and the failing checks, runnable
