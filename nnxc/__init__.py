@@ -11,6 +11,7 @@ from .frontend.trace import trace
 from .passes import optimize
 from .runtime.artifact import load, save
 from .runtime.crosscheck import crosscheck
+from .runtime.quantize import quantize_onnx
 
 __all__ = ["trace", "optimize", "compile", "Compiled", "export_onnx", "save", "load", "crosscheck",
-           "ir", "NnxcError", "SpecError", "UnsupportedOpError", "VerifyError", "__version__"]
+           "quantize_onnx", "ir", "NnxcError", "SpecError", "UnsupportedOpError", "VerifyError", "__version__"]

@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights in one data file beside the model (automatic above 2 GB)")
     p.add_argument("--weights-as-inputs", action="store_true", help="weights as graph inputs")
     p.add_argument("--check", action="store_true",
-                   help="cross-check JAX, XLA and onnxruntime; exit 1 beyond tolerance")
+                   help="cross-check JAX, XLA and onnxruntime; exit 1 beyond tolerance (with "
+                        "--quantize/--precision: the converted model, at their tolerances)")
+    _precision_args(p)
     _diagnostic_args(p)
     p.add_argument("--dump-ir", metavar="FILE",
                    help="also write the traced IR here (and, with passes, FILE.<pipeline>.ir after them)")
@@ -194,6 +196,32 @@ def _constants_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sidecar", action="store_true",
                    help="write elided constants beside IR text files (FILE.safetensors, keyed by "
                         "hash); nnxc.ir.parse(text, sidecar=...) restores them")
+
+
+def _precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=["int8"],
+                   help="quantize with onnxruntime's tools (int8 weights per output channel) and "
+                        "print an accuracy table against the f32 model")
+    p.add_argument("--quantize-mode", choices=["dynamic", "static"],
+                   help="dynamic: activations quantized at run time (default for models without "
+                        "Conv: transformers, MLPs); static: activations calibrated on the -i data "
+                        "or random draws, QDQ format (default for models with Conv: CNNs)")
+    p.add_argument("--precision", choices=["fp16", "bf16"],
+                   help="fp16: weights and compute in fp16, inputs and outputs stay f32; prints an "
+                        "accuracy table (bf16 is refused: onnxruntime's CPU provider lacks its kernels)")
+    p.add_argument("--seed", type=_count, default=0,
+                   help="seed of the random inputs of --check, and of the calibration and accuracy "
+                        "inputs of --quantize/--precision (default 0; not used with -i NAME=FILE)")
+    p.add_argument("--samples", type=_positive, metavar="N",
+                   help="random input draws for --quantize/--precision calibration and accuracy "
+                        "(default 8; not used with -i NAME=FILE)")
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _diagnostic_args(p: argparse.ArgumentParser) -> None:

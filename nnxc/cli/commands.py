@@ -164,10 +164,27 @@ def _crosscheck(graph, stages, args, backends, opset=None, data=None):
     return report
 
 
+def _check_precision(args) -> bool:
+    """``--quantize``/``--quantize-mode``/``--precision``/``--samples`` misuse, before any
+    work; True when the export converts the model."""
+    from ..runtime.quantize import check_options
+    if args.quantize is None and args.precision is None:
+        if args.quantize_mode is not None:
+            raise SpecError("--quantize-mode needs --quantize int8")
+        if args.samples is not None:
+            raise SpecError("--samples needs --quantize or --precision")
+        return False
+    check_options(args.quantize, args.quantize_mode, args.precision,
+                  weights_as_inputs=args.weights_as_inputs, external_data=args.external_data,
+                  flags=True)
+    return True
+
+
 def cmd_export(args) -> int:
     from .._files import atomic_write
     from ..backends.onnx import export_onnx
     _check_diagnostics(args)
+    converting = _check_precision(args)
     stages = Stages(args.quiet)
     graph = trace_model(args, stages)
     if args.dump_ir:
@@ -180,6 +197,8 @@ def cmd_export(args) -> int:
         with stages.stage("dump IR", after):
             _write_ir(args, after, optimized)
     graph = optimized
+    if converting:
+        return _export_converted(args, graph, stages)
     with stages.stage("lower", f"ONNX -> {args.output}"):
         model = export_onnx(graph, args.output, opset=args.opset,
                             external_data=True if args.external_data else None,
@@ -193,6 +212,53 @@ def cmd_export(args) -> int:
                          data=args.input_data)
     print(report)
     return 0 if report.ok else EXIT_FAIL
+
+
+def _export_converted(args, graph, stages) -> int:
+    """``nnxc export --quantize int8 / --precision fp16``: the f32 export, converted by
+    onnxruntime's tools, written atomically; then its accuracy table (and with --check the
+    JAX/XLA cross-check and the table's tolerances decide the exit code)."""
+    from .._files import atomic_write
+    from ..backends.onnx import export_onnx
+    from ..runtime import quantize as q
+    draws, described = q.sample_inputs(graph, args.input_data, args.samples or q.SAMPLES,
+                                       args.seed, _sizes(args.sizes))
+    with stages.stage("lower", "ONNX (f32)"):
+        f32 = export_onnx(graph, None, opset=args.opset)
+        q.guard_size(f32)
+    mode = (args.quantize_mode or q.default_mode(f32)) if args.quantize else None
+    what = q.describe(args.quantize, mode, args.precision)
+    tool = "onnxruntime " + ("quantize_dynamic" if mode == "dynamic" else "quantize_static"
+                             if mode == "static" else "float16 converter")
+    with stages.stage("convert", f"{what.split(' (')[0]}, {tool} -> {args.output}"):
+        calibration = q.feeds(f32, draws) if mode == "static" else None
+        model, mode = q.convert_onnx(f32, quantize=args.quantize, mode=mode,
+                                     precision=args.precision, calibration=calibration)
+        session = q.load_session(model, what)  # onnxruntime runs it before it is written
+        atomic_write(args.output, model.SerializeToString())
+    if not args.quiet:
+        print(f"wrote {args.output}: {what}, {len(model.graph.node)} ONNX nodes, opset "
+              f"{_onnx_opset(model)}; weight matrices and kernels: {q.weight_summary(model)}",
+              file=sys.stderr)
+    status = 0
+    if args.check:
+        report = _crosscheck(graph, stages, args, ("jax", "xla"), opset=args.opset,
+                             data=args.input_data)
+        print(report)
+        status = 0 if report.ok else EXIT_FAIL
+    kind = q.kind_of(args.quantize, mode, args.precision)
+    with stages.stage("accuracy", f"onnxruntime vs the model's jax.jit on {described}"):
+        table = q.accuracy(graph, model, draws, kind=kind, what=what, described=described,
+                           rtol=args.rtol, atol=args.atol, calibrated=mode == "static",
+                           session=session)
+    print(table)
+    if args.check and not table.ok:
+        status = EXIT_FAIL
+    return status
+
+
+def _onnx_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def cmd_compile(args) -> int:
