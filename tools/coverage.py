@@ -15,7 +15,9 @@ A module that does not exist in the installed JAX is skipped.
 
 Status on XLA: the frontend inlines call-like primitives (``INLINE``: their body is traced
 through), turns ``scan`` / ``while`` / ``cond`` and the reducers of ``reduce`` /
-``reduce_window`` into regions, refuses the ones in its ``REFUSED`` table, and otherwise
+``reduce_window`` into regions, inlines a ``shard_map`` on a 1-device mesh and rewrites its
+collectives (``ONE_DEVICE``; over more devices it is a region), refuses the ones in its
+``REFUSED`` table, and otherwise
 keeps the primitive as an IR node that the XLA backend binds again (or lowers with a rule
 in ``XLA_RULES``). Status on ONNX: a rule in ``ONNX_RULES``
 (``native`` when the rule is one ONNX op, else the rule module that decomposes it), inlined
@@ -66,10 +68,10 @@ TRACE_REFUSED = {
     "composite": "its body is a jaxpr param (param 'jaxpr'): the frontend does not inline lax.composite yet",
     "ragged_dot_general": "its param ragged_dot_dimension_numbers (RaggedDotDimensionNumbers) has no IR "
                           "attribute form",
-    "shard_map": "its mesh, specs and body are params with no IR form: nnxc traces single-device programs",
 }
 
-_COLLECTIVE = "a collective over a named mesh axis, only inside pmap / shard_map (refused at trace)"
+_COLLECTIVE = ("a collective over named mesh axes with no one-device form in nnxc (refused in a 1-device "
+               "shard_map); in a multi-device shard_map it binds the primitive, not tried")
 _ASYNC = "the asynchronous half of a collective, made by XLA's scheduling, never in a traced jaxpr"
 _REF = "mutable array references (jax.new_ref, run_state), not traced by nnxc yet"
 _INTERNAL = "JAX-internal (autodiff, batching or tracing bookkeeping), not in a jaxpr of a user's function"
@@ -78,10 +80,8 @@ _INTERNAL = "JAX-internal (autodiff, batching or tracing bookkeeping), not in a 
 # binds, or one not tried yet)
 XLA_REASONS = {
     **{p: _COLLECTIVE for p in (
-        "all_gather", "all_gather_invariant", "all_gather_reduced", "all_to_all", "axis_index",
-        "pbroadcast", "pmax", "pmin", "ppermute", "precv", "preduced", "psend", "psum",
-        "psum_invariant", "ragged_all_to_all", "reduce_scatter", "unreduced_psum",
-        "unreduced_reduce_scatter", "pvary", "reduced_vary_cast_p", "vary_unreduced_cast_p")},
+        "all_gather_reduced", "precv", "preduced", "psend", "ragged_all_to_all", "unreduced_psum",
+        "unreduced_reduce_scatter", "reduced_vary_cast_p", "vary_unreduced_cast_p")},
     **{p: _ASYNC for p in (
         "all_gather_done", "all_gather_start", "all_gather_reduced_start", "all_to_all_done",
         "all_to_all_start", "pbroadcast_done", "pbroadcast_start", "ppermute_done", "ppermute_start",
@@ -169,7 +169,9 @@ ALIASES = {
     "remat2": [r"jax\.checkpoint\(", r"nnx\.remat\("], "checkpoint": [r"jax\.checkpoint\("],
     "custom_linear_solve": [r"jnp\.linalg\.solve\("], "fft": [r"jnp\.fft\."],
     "stop_gradient": [r"stop_gradient"], "copy": [r"jnp\.copy\(", r"jnp\.array\(.*copy=True"],
-    "name": [r"checkpoint_name\("],
+    "name": [r"checkpoint_name\("], "shard_map": [r"jax\.shard_map\(", r"experimental\.shard_map import"],
+    "psum_invariant": [r"lax\.psum\("], "reduce_scatter": [r"lax\.psum_scatter\("],
+    "pvary": [r"lax\.pcast\(.*to=\"varying\""], "all_gather_invariant": [r"lax\.all_gather\(.*to=\"invarying\""],
     "integer_pow": [r"lax\.integer_pow\("], "square": [r"jnp\.square\("],
     "sqrt": [r"jnp\.sqrt\("], "rsqrt": [r"lax\.rsqrt\("], "cbrt": [r"jnp\.cbrt\("],
     "is_finite": [r"jnp\.isfinite\("], "exp2": [r"jnp\.exp2\("], "expm1": [r"jnp\.expm1\("],
@@ -247,11 +249,20 @@ def _inlined(fe, name: str) -> bool:
     return name in fe.INLINE or name == "custom_linear_solve"
 
 
+_SHARD_MAP_XLA = "inlined on a 1-device mesh; over more devices a region, run as jax.shard_map"
+_SHARD_MAP_ONNX = "inlined on a 1-device mesh (refused over more devices: an ONNX graph runs on one device)"
+_ONE_DEVICE = "rewritten at trace over 1-device mesh axes (what it computes on one device)"
+
+
 def xla_status(name: str) -> tuple[str, bool]:
     """(status text, handled)."""
     fe, xla_rules, _ = _tables()
     if name in fe.REFUSED:
         return f"refused: {fe.REFUSED[name]}", False
+    if name == "shard_map":
+        return _SHARD_MAP_XLA, True
+    if name in fe.ONE_DEVICE:
+        return f"{_ONE_DEVICE}; binds the primitive in a multi-device shard_map", True
     if _inlined(fe, name):
         return "inlined (its body is traced through)", True
     if name in fe.REGIONS:
@@ -280,6 +291,10 @@ def onnx_status(name: str) -> tuple[str, bool]:
     fe, _, onnx_rules = _tables()
     if name in fe.REFUSED:
         return f"refused: {fe.REFUSED[name]}", False
+    if name == "shard_map":
+        return _SHARD_MAP_ONNX, True
+    if name in fe.ONE_DEVICE:
+        return _ONE_DEVICE, True
     if _inlined(fe, name):
         return "inlined", True
     fn = onnx_rules.get(name)
@@ -376,7 +391,8 @@ def _test_files() -> list[tuple[str, str, bool, bool]]:
 # names that are also ordinary words in the tests (a CLI command, a pass, a custom call name):
 # found through ``ALIASES`` only
 NOT_QUOTED = {"check", "freeze", "copy", "device_put", "shape_assertion", "call", "get", "swap", "name",
-              "stage", "tie", "empty", "pin", "unpin", "composite", "split", "jit", "cond", "while", "scan"}
+              "stage", "tie", "empty", "pin", "unpin", "composite", "split", "jit", "cond", "while", "scan",
+              "shard_map"}
 
 
 # primitives whose lax function of the same name binds other primitives

@@ -1,5 +1,6 @@
 """jaxpr -> IR. Call-like primitives are inlined; scan/while/cond, and the reducers of
-reduce/reduce_window, become regions."""
+reduce/reduce_window, become regions; a shard_map is inlined on one device, else a region
+(``shard_map.py``)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -11,6 +12,8 @@ from ..ir.graph import Graph, Node, Region, Value
 from ..ir.types import TensorType
 from .. import _jax as jc
 from ..ir.params import UnsupportedParam, encode_param
+from .shard_map import (COLLECTIVES, ONE_DEVICE, collective_axes, convert_collective,  # noqa: F401
+                        convert_shard_map)
 from .static_slices import same_dim, static_slices
 
 # call-like primitives whose body is inlined (the primal computation is kept), and the
@@ -59,6 +62,7 @@ class Converter:
         self.graph = graph
         self.unsupported: list[tuple] = []
         self.inlined_loc: str | None = None  # set while converting an inlined call's body
+        self.one_device: frozenset = frozenset()  # size-1 mesh axes of the shard_maps being inlined
 
     def const(self, x, aval=None) -> Value:
         v = const_value(x, aval)
@@ -107,6 +111,10 @@ class Converter:
                     inner = eqn.params.get(INLINE[name])
                 outs = self.closed(inner, ins, nodes, epath)
                 self.inlined_loc = outer
+            elif name == "shard_map":
+                outs = convert_shard_map(self, eqn, ins, nodes, epath, loc)
+            elif name in COLLECTIVES and self.one_device and collective_axes(eqn) <= self.one_device:
+                outs = convert_collective(self, eqn, ins, nodes, epath, loc)
             else:
                 node = self.node(eqn, name, ins, epath, loc)
                 nodes.append(node)

@@ -9,6 +9,7 @@ from .printer import print_graph, write_text
 from .types import DimExpr, TensorType, parse_dim
 from .verify import verify
 from . import fused_ops  # noqa: E402,F401 - the nnxc.* ops' shape rules, beside the core ops
+from . import mesh_ops  # noqa: E402,F401 - shard_map's and its collectives' shape rules
 from .view import to_dot, to_html
 
 __all__ = ["DType", "EnumVal", "Record", "SymDim", "Elided", "Graph", "Node", "Region", "Value",

@@ -1,5 +1,6 @@
 """Regions: scan -> Loop (xs sliced per step, ys stacked by the Loop), while -> Loop with a
-condition, cond -> If (nested for more than two branches). A scanned layer stack stays one
+condition, cond -> If (nested for more than two branches); a shard_map over several devices
+is refused (one on a 1-device mesh never reaches the IR: the frontend inlines it). A scanned layer stack stays one
 Loop, its stacked weights sliced inside the body.
 
 Complex values (real/imaginary pairs, ``fft.py``) flow through as pairs: consts, carries,
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper
 from ...ir.types import TensorType
 from .builder import onnx_dtype, value_info
 from .shape import INT64_MIN, dims_of
-from .table import rule
+from .table import Refused, rule
 
 _BOOL = TensorType((), "bool")
 
@@ -167,3 +168,14 @@ def _cond(b, node, xs):
     pick = b.op("Equal", index, b.scalar(0, itype))
     outs = b.op("If", pick, outs=len(types), then_branch=branch(0), else_branch=chain(1))
     return _pairs(b, [outs] if isinstance(outs, str) else outs, types)
+
+
+@rule("shard_map")
+def _shard_map(b, node, xs):
+    mesh = node.attrs["mesh"]
+    sizes = dict(zip(mesh.get("axis_names"), mesh.get("axis_sizes")))
+    axis = next((a for a in node.attrs["manual_axes"] if sizes.get(a, 1) > 1), None)
+    if axis is None:
+        raise Refused("a shard_map on a 1-device mesh: trace the model again (the frontend inlines it)")
+    raise Refused(f"shard_map over the mesh axis {axis!r} of {sizes.get(axis)} devices: ONNX graphs "
+                  "run on one device; trace with a 1-device mesh to inline it")

@@ -39,7 +39,7 @@ class Compiled:
         self.state: dict[str, Any] = {v.path: v.data for v in self._inputs}
         if state is not None:
             self.state.update(state)
-        fn = functools.partial(run_graph, graph)
+        fn = functools.partial(run_graph, graph, mesh=mesh)
         if mesh is None:
             self._jitted = jax.jit(fn)
         else:

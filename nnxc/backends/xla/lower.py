@@ -8,6 +8,8 @@ written with jax.numpy / lax here.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 from typing import Callable
 
 import jax
@@ -96,11 +98,20 @@ def updated_paths(graph: Graph) -> list[str]:
     return [v.path for v in graph.variables if v.meta.get("new") or v.path in changed]
 
 
-def run_graph(graph: Graph, var_leaves: list, args: list) -> tuple[list, list]:
+def run_graph(graph: Graph, var_leaves: list, args: list, mesh=None) -> tuple[list, list]:
     """Evaluate the graph: (outputs, new values of ``updated_paths(graph)``).
 
-    Variables the call leaves alone are not returned, so XLA does not copy them.
+    Variables the call leaves alone are not returned, so XLA does not copy them. ``mesh``:
+    the mesh the graph is compiled on (``shard_map`` nodes run on it when their axes match).
     """
+    token = LOWERING_MESH.set(mesh)
+    try:
+        return _run_graph(graph, var_leaves, args)
+    finally:
+        LOWERING_MESH.reset(token)
+
+
+def _run_graph(graph: Graph, var_leaves: list, args: list) -> tuple[list, list]:
     inputs = [v for v in graph.variables if not v.meta.get("new")]
     env = {var.value: x for var, x in zip(inputs, var_leaves)}
     env.update(zip(graph.inputs, args))
@@ -147,6 +158,44 @@ def _cond(node, args, dims):
     index, ops = args[0], args[1:]
     branches = [lambda *o, r=r: run_region(r, list(o), dims) for r in node.regions]
     return list(lax.switch(index, branches, *ops))
+
+
+# the mesh of ``nnxc.compile(graph, mesh=...)`` while its graph is traced (None: no mesh given)
+LOWERING_MESH: contextvars.ContextVar = contextvars.ContextVar("nnxc_lowering_mesh", default=None)
+
+
+def shard_map_mesh(names: tuple, sizes: tuple):
+    """The devices a ``shard_map`` node runs on: the mesh compiled on when it has the node's
+    axes and sizes, else the first devices of that mesh, else the first devices of the
+    process, as a mesh of the node's axes."""
+    from jax.sharding import AxisType, Mesh
+    n = math.prod(sizes)
+    given = LOWERING_MESH.get()
+    if not isinstance(given, Mesh):  # none, or an AbstractMesh (no devices)
+        given = None
+    if given is not None and tuple(given.axis_names) == tuple(names) and tuple(given.axis_sizes) == tuple(sizes):
+        return given
+    devices = list(given.devices.flat) if given is not None else jax.devices()
+    if len(devices) < n:
+        raise NnxcError(f"shard_map over the mesh {', '.join(f'{a}={k}' for a, k in zip(names, sizes))} needs "
+                        f"{n} devices, {len(devices)} available (on CPU, set XLA_FLAGS="
+                        f"--xla_force_host_platform_device_count={n} before JAX starts)")
+    return Mesh(np.asarray(devices[:n], dtype=object).reshape(sizes), tuple(names),
+                axis_types=(AxisType.Auto,) * len(names))
+
+
+@rule("shard_map")
+def _shard_map(node, args, dims):
+    from jax.sharding import PartitionSpec as P
+    a = node.attrs
+    mesh = shard_map_mesh(a["mesh"].get("axis_names"), a["mesh"].get("axis_sizes"))
+    spec = lambda s: P(*s)  # noqa: E731 - entries: None, a name, a tuple of names
+    body = node.regions[0]
+    fn = jax.shard_map(lambda *xs: tuple(run_region(body, list(xs), dims)), mesh=mesh,
+                       in_specs=tuple(spec(s) for s in a["in_specs"]),
+                       out_specs=tuple(spec(s) for s in a["out_specs"]),
+                       axis_names=frozenset(a["manual_axes"]), check_vma=a["check_vma"])
+    return list(fn(*args))
 
 
 # -- reducers: reduce / reduce_window bind JAX's primitive with the region as its jaxpr ------
