@@ -487,6 +487,7 @@ print(status()["VmHWM"] - before, sum(v.data.nbytes for v in g.variables if not 
 """)
 
 
+@pytest.mark.slow  # a 400 MB model in fresh processes; tools/bench_aot.py measures it too
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="resets the peak RSS: Linux")
 def test_save_adds_little_memory_to_the_weights(tmp_path):
     """Saving a ~400 MB model streams the weights into the file (hashed and written in place,
@@ -506,6 +507,7 @@ def test_save_adds_little_memory_to_the_weights(tmp_path):
     assert sum(x.size for x in art.state.values()) > 100e6
 
 
+@pytest.mark.slow  # a big model written and loaded in fresh processes
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="ru_maxrss in KiB: Linux")
 def test_load_peak_memory_is_about_the_weights(tmp_path):
     """Loading a ~400 MB artifact grows the peak RSS by about the weights' size, not several

@@ -78,6 +78,7 @@ def test_scanned_gpt_counts_the_loop_with_its_trip_count():
     assert "scan @<top> over blocks: 4 trips" in text
 
 
+@pytest.mark.slow  # two more scanned GPTs compiled; test_scanned_gpt_counts_the_loop_with_its_trip_count stays
 def test_deeper_scans_cost_proportionally_more():
     """The trip count is really used: depth 8 has about twice the loop FLOPs of depth 4,
     while XLA's once-per-body figure stays the same."""

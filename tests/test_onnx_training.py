@@ -97,14 +97,14 @@ def _adamw(p, mu, nu, count):
     return p - lr * (mu / c1 / (np.sqrt(nu / c2) + eps) + wd * p)
 
 
-@pytest.fixture(scope="module", params=["mlp", "gpt", "scan_gpt"])
+@pytest.fixture(scope="module", params=["mlp", "gpt", pytest.param("scan_gpt", marks=pytest.mark.slow)])
 def traced(request):
     name = request.param
     model, opt = _make(name)
     return name, nnxc.trace(train_step, model, opt, zoo.ZOO[name].specs[0], LABELS[name][0])
 
 
-@pytest.mark.parametrize("name", ["mlp", "gpt", "scan_gpt"])
+@pytest.mark.parametrize("name", ["mlp", "gpt", pytest.param("scan_gpt", marks=pytest.mark.slow)])
 def test_xla_training_steps_equal_nnx_jit_bit_for_bit(name):
     """At the shapes of the calls (traced with symbolic B, the graph equals ``jax.export`` of
     the step, not ``jax.jit``: a mean divides by a runtime size; README, Passes)."""
