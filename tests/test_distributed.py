@@ -85,7 +85,6 @@ def decoder(tmp_path_factory):
     return folder, saved, workers, (codes[2:], outs[2:], errs[2:], seconds, nobody)
 
 
-@pytest.mark.slow  # processes on loopback with gloo: about 30 s
 def test_two_processes_equal_one_process_and_jit_on_the_same_mesh(decoder):
     folder, _, workers, _ = decoder
     assert [(w["devices"], w["local_devices"]) for w in workers] == [(8, 4), (8, 4)]
@@ -99,7 +98,6 @@ def test_two_processes_equal_one_process_and_jit_on_the_same_mesh(decoder):
     np.testing.assert_allclose(one, unsharded, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # processes on loopback with gloo: about 30 s
 def test_each_process_reads_only_its_share_of_the_weights(decoder):
     _, saved, workers, _ = decoder
     total = saved["weight_bytes"]
@@ -118,7 +116,6 @@ def test_each_process_reads_only_its_share_of_the_weights(decoder):
         assert held[0] == held[1] and total <= held[0] < 1.1 * total, (layout, held, total)
 
 
-@pytest.mark.slow  # processes on loopback with gloo: about 30 s
 def test_the_reduction_whose_order_changes_is_the_all_reduce(decoder):
     """The sharded decoder's cross-device reductions are the all-reduces over ``model`` of the
     partial sums of the attention output and MLP down projections. XLA:CPU's in-process
@@ -131,7 +128,6 @@ def test_the_reduction_whose_order_changes_is_the_all_reduce(decoder):
     assert all(w["probe"] == saved["probe"] for w in workers)
 
 
-@pytest.mark.slow  # processes on loopback with gloo: about 30 s
 def test_nnxc_run_processes_gathers_the_outputs_on_process_0(decoder):
     folder, _, _, (codes, outs, errs, _, _) = decoder
     assert codes[0] == 0, errs[0][-3000:]
@@ -140,7 +136,6 @@ def test_nnxc_run_processes_gathers_the_outputs_on_process_0(decoder):
         np.testing.assert_array_equal(y[y.files[0]], np.load(os.path.join(folder, "one_process.npy")))
 
 
-@pytest.mark.slow  # processes on loopback with gloo: about 30 s
 def test_a_mesh_mismatch_and_a_missing_coordinator_end_with_clear_errors(decoder):
     _, _, _, (codes, _, errs, seconds, nobody) = decoder
     assert seconds < TIMEOUT  # nothing was left to the timeout of run_all
