@@ -217,6 +217,101 @@ def test_missing_kernel_warns():
         nnxc.export_onnx(g)
 
 
+def bf16_mlp(x, w1, b1, w2, b2):
+    """A model computing in bf16: two dense layers, bias, tanh-approximated gelu."""
+    h = jax.nn.gelu(x @ w1 + b1, approximate=True)
+    return jnp.tanh(h @ w2 + b2) * h[:, :4] - b2
+
+
+def bf16_mlp_args():
+    rng = np.random.default_rng(7)
+    shapes = [(16, 32), (32, 64), (64,), (64, 4), (4,)]
+    return [(rng.standard_normal(s) / np.sqrt(s[0] if len(s) > 1 else 1)).astype(jnp.bfloat16)
+            for s in shapes]
+
+
+def _low_precision_meta(model) -> str | None:
+    return {p.key: p.value for p in model.metadata_props}.get("nnxc.low_precision")
+
+
+def _op_types(model, op_type) -> dict:
+    """Element type of each input of every ``op_type`` node, by ONNX shape inference."""
+    import onnx
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return {n.name: tuple(types.get(i) for i in n.input) for n in model.graph.node if n.op_type == op_type}
+
+
+def test_bf16_mlp_runs_on_cpu_by_default_and_metadata_counts_the_f32_nodes():
+    """cpu_kernels=True (the default): the bf16 MatMul/Add/Mul/Sub onnxruntime's CPU provider
+    has no kernel for run in f32 between Casts, the outputs stay bf16 and agree with jax.jit
+    within the bf16 tolerance, and the model's metadata says how many nodes were widened."""
+    from nnxc.runtime.crosscheck import RTOL
+    args = bf16_mlp_args()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nnxc.backends.onnx.export.OnnxKernelWarning)
+        want, got = run_both(bf16_mlp, *args)
+        model = nnxc.export_onnx(nnxc.trace(bf16_mlp, *args))
+    assert got[0].dtype == jnp.bfloat16 and got[0].shape == (16, 4)
+    w, g = want[0].astype(np.float64), got[0].astype(np.float64)
+    rel = np.max(np.abs(g - w)) / np.max(np.abs(w))
+    assert 0 <= rel <= RTOL["bf16"], rel
+    matmuls = _op_types(model, "MatMul")
+    assert len(matmuls) == 2 and all(ins == (TensorProto.FLOAT,) * 2 for ins in matmuls.values())
+    n_cast_back = sum(1 for n in model.graph.node if n.op_type == "Cast" and any(
+        a.name == "to" and a.i == TensorProto.BFLOAT16 for a in n.attribute))
+    note = _low_precision_meta(model)
+    assert note == (f"{n_cast_back} bf16 node(s) computed in f32 and rounded back (onnxruntime's "
+                    "CPU provider has no bf16 kernel for them)")
+    assert n_cast_back >= 5  # two MatMuls, two bias Adds, the Mul and the Sub at least
+
+
+def test_bf16_mlp_keeps_bf16_nodes_with_cpu_kernels_false():
+    args = bf16_mlp_args()
+    g = nnxc.trace(bf16_mlp, *args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nnxc.backends.onnx.export.OnnxKernelWarning)
+        model = nnxc.export_onnx(g, cpu_kernels=False)
+    matmuls = _op_types(model, "MatMul")
+    assert len(matmuls) == 2 and all(ins == (TensorProto.BFLOAT16,) * 2 for ins in matmuls.values())
+    assert not any(".f32" in o or ".unrounded" in o for n in model.graph.node for o in n.output)
+    assert _low_precision_meta(model) == "kept in their own dtype (cpu_kernels=False)"
+    with pytest.raises(TypeError):  # keyword-only
+        nnxc.export_onnx(g, None, None, None, False, True, None, False)
+
+
+def test_crosscheck_report_states_f32_computation_for_bf16_only():
+    report = nnxc.crosscheck(bf16_mlp, *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in bf16_mlp_args()])
+    assert report.ok, report
+    lines = [line for line in str(report).splitlines() if line.startswith("onnx: ")]
+    assert len(lines) == 1 and lines[0].startswith("onnx: ") and " bf16 node(s) computed in f32 and rounded back" \
+        in lines[0] and lines[0].endswith("; tolerance bf16 rtol 0.01"), lines
+    f32 = nnxc.crosscheck(bf16_mlp, *[jax.ShapeDtypeStruct(a.shape, np.float32) for a in bf16_mlp_args()])
+    assert f32.ok and f32.low_precision is None and "computed in f32" not in str(f32)
+
+
+def test_export_cli_no_cpu_kernels(tmp_path, capsys):
+    import onnx
+    from nnxc.cli import main
+    src = tmp_path / "m.py"
+    src.write_text("import jax, jax.numpy as jnp\n"
+                   "def mlp():  # the factory: a function computing in bf16\n"
+                   "    return lambda x, w: jax.nn.gelu(x @ w, approximate=True) * x\n")
+    spec = ["-i", "x:bf16[4,8]", "-i", "w:bf16[8,8]"]
+    assert main(["export", f"{src}:mlp", *spec, "-o", str(tmp_path / "cpu.onnx"), "--check", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "onnx: " in out and "bf16 node(s) computed in f32" in out and "bf16 rtol 0.01" in out
+    assert main(["export", f"{src}:mlp", *spec, "-o", str(tmp_path / "kept.onnx"), "--no-cpu-kernels", "-q"]) == 0
+    kept, cpu = onnx.load(str(tmp_path / "kept.onnx")), onnx.load(str(tmp_path / "cpu.onnx"))
+    assert _low_precision_meta(kept).startswith("kept") and "computed in f32" in _low_precision_meta(cpu)
+    assert set(_op_types(kept, "MatMul").values()) == {(TensorProto.BFLOAT16,) * 2}
+    assert set(_op_types(cpu, "MatMul").values()) == {(TensorProto.FLOAT,) * 2}
+    assert main(["export", f"{src}:mlp", *spec, "-o", str(tmp_path / "q.onnx"), "--no-cpu-kernels",
+                 "--precision", "fp16"]) == 2
+
+
 # -- attributes holding tuples and symbolic dims ------------------------------------------
 
 def test_builder_reads_symbolic_dims_and_numpy_ints_in_attributes():

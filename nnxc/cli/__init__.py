@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", action="store_true",
                    help="weights in one data file beside the model (automatic above 2 GB)")
     p.add_argument("--weights-as-inputs", action="store_true", help="weights as graph inputs")
+    p.add_argument("--no-cpu-kernels", dest="cpu_kernels", action="store_false",
+                   help="keep f16/bf16 ops onnxruntime's CPU provider has no kernel for in their "
+                        "own dtype (for runtimes that have them, e.g. CUDA) instead of computing "
+                        "them in f32 and rounding back (--check still runs on the CPU provider)")
     p.add_argument("--check", action="store_true",
                    help="cross-check JAX, XLA and onnxruntime; exit 1 beyond tolerance (with "
                         "--quantize/--precision: the converted model, at their tolerances)")

@@ -174,6 +174,9 @@ def _check_precision(args) -> bool:
         if args.samples is not None:
             raise SpecError("--samples needs --quantize or --precision")
         return False
+    if not args.cpu_kernels:
+        raise SpecError("--no-cpu-kernels cannot go with --quantize/--precision: onnxruntime's "
+                        "tools convert and run the model on its CPU provider")
     check_options(args.quantize, args.quantize_mode, args.precision,
                   weights_as_inputs=args.weights_as_inputs, external_data=args.external_data,
                   flags=True)
@@ -202,7 +205,8 @@ def cmd_export(args) -> int:
     with stages.stage("lower", f"ONNX -> {args.output}"):
         model = export_onnx(graph, args.output, opset=args.opset,
                             external_data=True if args.external_data else None,
-                            weights_as_inputs=args.weights_as_inputs)
+                            weights_as_inputs=args.weights_as_inputs,
+                            cpu_kernels=args.cpu_kernels)
     if not args.quiet:
         print(f"wrote {args.output}: {len(model.graph.node)} ONNX nodes, opset "
               f"{model.opset_import[0].version}", file=sys.stderr)

@@ -3,9 +3,12 @@ in onnxruntime, per output, at several sizes of the symbolic dims (1 among them)
 """
 from __future__ import annotations
 
+import ctypes
+import re
 from dataclasses import dataclass, field
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..errors import NnxcError
@@ -26,6 +29,7 @@ class CrosscheckReport:
     first_difference: str | None = None  # the first pass after which XLA's bits differ
     modules: object = None  # a permodule.PerModuleReport, with per_module=True
     repro: str | None = None  # the folder written with repro=DIR on a mismatch
+    low_precision: str | None = None  # "onnx: 12 bf16 node(s) computed in f32 ...; tolerance ..."
 
     @property
     def ok(self) -> bool:
@@ -45,6 +49,8 @@ class CrosscheckReport:
                              f"rounding: {', '.join(self.inexact)}")
                 if self.first_difference:
                     lines.append(f"xla: the first pass that changes the bits: {self.first_difference}")
+        if self.low_precision:
+            lines.append(self.low_precision)
         text = "\n".join(lines) + "\n" + format_table(self.rows)
         if self.modules is not None:
             text += "\n\n" + str(self.modules)
@@ -123,6 +129,8 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
     inexact = inexact_passes(graph.meta.get("changed_passes", ()))
     report = CrosscheckReport(reference="jax" if reference is not None else "xla",
                               exact_promised=not inexact, inexact=inexact)
+    if session is not None:
+        report.low_precision = _low_precision_line(onnx_model, rtol)
     kept = None  # (size, flat, reference outputs, reference updates, failed): per_module / repro
     for size, flat in inputs:
         n_rows = len(report.rows)
@@ -135,8 +143,7 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
         if reference is not None:
             got["jax"] = [_host(x) for x in jax.tree_util.tree_leaves(reference(*pos, **kwa))]
         if session is not None:
-            feeds = dict(zip([i.name for i in session.get_inputs()], [_host(x) for x in flat]))
-            got["onnx"] = session.run(None, feeds)
+            got["onnx"] = run_onnx(session, [_host(x) for x in flat])
         ref_name = "jax" if reference is not None else "xla"
         ref = got[ref_name]
         for backend in backends:
@@ -174,6 +181,49 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
                                    backends=[b for b in backends if b != "jax"], opset=opset,
                                    rtol=rtol, atol=atol)
     return report
+
+
+def run_onnx(session, arrays: list) -> list:
+    """``session``'s outputs on ``arrays``; bf16 inputs and outputs go through bound
+    OrtValues (onnxruntime's numpy bridge has no bfloat16)."""
+    names = [i.name for i in session.get_inputs()]
+    if not any(a.dtype == jnp.bfloat16 for a in arrays) and not any(
+            o.type == "tensor(bfloat16)" for o in session.get_outputs()):
+        return session.run(None, dict(zip(names, arrays)))
+    import onnxruntime as ort
+    from onnx import TensorProto
+    io = session.io_binding()
+    for name, a in zip(names, arrays):
+        a = np.ascontiguousarray(a)
+        io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            a.view(np.uint16), TensorProto.BFLOAT16) if a.dtype == jnp.bfloat16
+            else ort.OrtValue.ortvalue_from_numpy(a))
+    for o in session.get_outputs():
+        io.bind_output(o.name, "cpu")
+    session.run_with_iobinding(io)
+    out = []
+    for v in io.get_outputs():
+        if v.data_type() != "tensor(bfloat16)":
+            out.append(v.numpy())
+            continue
+        shape = tuple(v.shape())
+        n = int(np.prod(shape))
+        bits = np.ctypeslib.as_array((ctypes.c_uint16 * n).from_address(v.data_ptr())) if n else \
+            np.zeros(0, np.uint16)
+        out.append(bits.copy().reshape(shape).view(jnp.bfloat16))
+    return out
+
+
+def _low_precision_line(model, rtol) -> str | None:
+    """The report's line for an ONNX model whose export computed f16/bf16 nodes in f32
+    (its ``nnxc.low_precision``, "12 bf16 node(s) computed in f32 ..."), with the tolerance."""
+    note = {p.key: p.value for p in model.metadata_props}.get("nnxc.low_precision", "")
+    if " computed in f32" not in note:
+        return None
+    counts = note.split(" node(s)")[0]  # "12 bf16" or "3 bf16, 2 f16"
+    tol = (f"rtol {rtol:g} (given)" if rtol is not None else ", ".join(
+        f"{t} rtol {RTOL[t]:g}" for t in ("f16", "bf16") if re.search(rf"\b{t}\b", counts)))
+    return f"onnx: {note}; tolerance {tol}"
 
 
 def _update_atol(new, old, inputs: list, rtol) -> float | None:

@@ -19,7 +19,9 @@ module path of the IR node it was lowered from as torch.onnx writes it (levels j
 attn``; ``GPT`` at top level), ``nnxc.path`` (the dotted module path, "" at top level),
 ``nnxc.class`` (the module's class) and ``nnxc.loc`` (the user's source line). The model
 carries ``producer_name`` ``nnxc``, ``producer_version`` and ``metadata_props``
-(``model_metadata``): the model's class, frontend, graph name and the opset choice.
+(``model_metadata``): the model's class, frontend, graph name and the opset choice, and
+``nnxc.low_precision``: how many f16/bf16 nodes ``fit_kernels`` computes in f32 for
+onnxruntime's CPU provider (``cpu_kernels=True``, the default), or that they were kept.
 """
 from __future__ import annotations
 
@@ -166,7 +168,8 @@ class _NeedsOpset(Exception):
 
 def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data=None,
                 weights_as_inputs: bool = False, *, check: bool = True,
-                value_names: dict | None = None, _chosen: str | None = None) -> onnx.ModelProto:
+                value_names: dict | None = None, cpu_kernels: bool = True,
+                _chosen: str | None = None) -> onnx.ModelProto:
     """Lower ``graph`` to ONNX; write it to ``path`` if given (atomically) and return the model.
 
     ``opset``: default the newest at which every fused op runs natively in the installed
@@ -178,15 +181,22 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     graph with its weights declared as typed inputs, before the weights are added.
     ``value_names``: a dict to fill with the ONNX name of each top-level IR value (before
     graph outputs are renamed; ``nnxc.runtime.permodule`` reads intermediates by them).
+    ``cpu_kernels``: fit the model to onnxruntime's CPU provider (``fit_kernels``): f16/bf16
+    nodes it has no kernel for are computed in f32 and rounded back, and nodes it still
+    cannot run warn (``OnnxKernelWarning``). False keeps every node in its own dtype, for
+    runtimes with such kernels (CUDA), and warns of nothing. The metadata key
+    ``nnxc.low_precision`` says which.
     """
     requested = opset is not None
     if not requested:  # the fused-op default, raised when an op needs a newer opset
         try:
             return export_onnx(graph, path, resolve_opset(None), external_data, weights_as_inputs,
-                               check=check, value_names=value_names, _chosen="default")
+                               check=check, value_names=value_names, cpu_kernels=cpu_kernels,
+                               _chosen="default")
         except _NeedsOpset as e:
             return export_onnx(graph, path, e.opset, external_data, weights_as_inputs, check=check,
-                               value_names=value_names, _chosen=f"raised to {e.opset} for {e.ops}")
+                               value_names=value_names, cpu_kernels=cpu_kernels,
+                               _chosen=f"raised to {e.opset} for {e.ops}")
     opset = resolve_opset(opset)
     if external_data and path is None:
         raise NnxcError("external_data needs a path to write the data file beside")
@@ -251,10 +261,15 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
         model.doc_string = (f"Complex inputs and outputs ({', '.join(pairs)}) are real tensors with "
                             "a trailing axis of 2: [..., 0] the real part, [..., 1] the imaginary "
                             "part (complex64 as float32, complex128 as float64).")
-    helper.set_model_props(model, props)
     weights = [(n, x) for n, x in weights if n in live]
     consts = [(n, x) for n, x in ctx.initializers if n in live]
-    fit_kernels(model, weights + consts, opset)
+    if cpu_kernels:
+        wrapped = fit_kernels(model, weights + consts, opset)
+        if wrapped:
+            props["nnxc.low_precision"] = low_precision_note(wrapped)
+    else:
+        props["nnxc.low_precision"] = "kept in their own dtype (cpu_kernels=False)"
+    helper.set_model_props(model, props)
     if check:  # before the weights go in: the checker would serialize them all
         _check(model, weights, consts)
     plan = build_initializers(model, weights, consts, path, external_data)
@@ -388,7 +403,15 @@ _LOW_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 _KERNELS: dict[tuple, tuple[str, tuple]] = {}  # probe results, by onnxruntime version and signature
 
 
-def fit_kernels(model: onnx.ModelProto, initializers: list, opset: int) -> None:
+def low_precision_note(wrapped: dict) -> str:
+    """``{"bf16": 12}`` -> the ``nnxc.low_precision`` text."""
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(wrapped.items()))
+    types = "/".join(sorted(wrapped))
+    return (f"{counts} node(s) computed in f32 and rounded back (onnxruntime's CPU provider has "
+            f"no {types} kernel for them)")
+
+
+def fit_kernels(model: onnx.ModelProto, initializers: list, opset: int) -> dict[str, int]:
     """Make each node run, and round like XLA, on onnxruntime's CPU provider.
 
     onnxruntime has no CPU kernel for most bf16 ops, and runs f16 ops it has no kernel for
@@ -397,11 +420,14 @@ def fit_kernels(model: onnx.ModelProto, initializers: list, opset: int) -> None:
     node with f16/bf16 inputs and no native kernel becomes Cast -> f32 op -> Cast back,
     XLA's per-op upcast; a node onnxruntime still cannot run gets an ``OnnxKernelWarning``.
     ``initializers``: (name, array) of the values the model will hold, to type them.
+    Returns how many nodes were computed in f32, by low-precision input type:
+    ``{"bf16": 12}`` (empty when none).
     """
     types = _value_types(model, initializers)
     taken = set(types) | _node_names(model.graph)
     missing: dict[tuple, list] = {}
-    _fit_graph(model.graph, types, taken, opset, missing)
+    wrapped: dict[str, int] = {}
+    _fit_graph(model.graph, types, taken, opset, missing, wrapped)
     import onnxruntime as ort
     for (op, ins), nodes in missing.items():
         warnings.warn(
@@ -409,6 +435,7 @@ def fit_kernels(model: onnx.ModelProto, initializers: list, opset: int) -> None:
             f"{', '.join(_type_name(t) for t in ins if t)} (opset {opset}; {len(nodes)} node(s), "
             f"e.g. {nodes[0]!r}): the exported model will not run there", OnnxKernelWarning,
             stacklevel=3)
+    return wrapped
 
 
 def _type_name(t: int) -> str:
@@ -465,12 +492,12 @@ def _fresh(taken: set, base: str) -> str:
     return name
 
 
-def _fit_graph(g, types: dict, taken: set, opset: int, missing: dict) -> None:
+def _fit_graph(g, types: dict, taken: set, opset: int, missing: dict, wrapped: dict) -> None:
     nodes, wide = [], {}  # wide: low-float value -> its f32 Cast in this graph
     for node in g.node:
         subgraphs = list(_subgraphs(node))
         for sub in subgraphs:
-            _fit_graph(sub, types, taken, opset, missing)
+            _fit_graph(sub, types, taken, opset, missing, wrapped)
         ins = tuple(types.get(n, 0) if n else None for n in node.input)
         outs = tuple(types.get(n, 0) for n in node.output)
         if subgraphs or node.domain not in ("", "ai.onnx") or node.op_type == "Cast" \
@@ -483,6 +510,8 @@ def _fit_graph(g, types: dict, taken: set, opset: int, missing: dict) -> None:
             up_status, up_outs = _kernel(node, opset, up)
             if up_status == "native":
                 nodes.extend(_upcast(node, ins, outs, up_outs, wide, taken))
+                low = _type_name(max(t for t in ins if t in _LOW_FLOATS))
+                wrapped[low] = wrapped.get(low, 0) + 1
                 continue
         if status == "missing":
             missing.setdefault((node.op_type, ins), []).append(node.name)
