@@ -78,10 +78,12 @@ def register_primitive(p: Primitive) -> None:
 def record_types() -> dict[str, type]:
     """JAX's NamedTuple param types by name (dimension numbers of conv, gather, scatter)."""
     from jax._src.lax import convolution, slicing
+    from jax._src.lax import lax as lax_mod
     return {
         "ConvDimensionNumbers": convolution.ConvDimensionNumbers,
         "GatherDimensionNumbers": slicing.GatherDimensionNumbers,
         "ScatterDimensionNumbers": slicing.ScatterDimensionNumbers,
+        "RaggedDotDimensionNumbers": lax_mod.RaggedDotDimensionNumbers,
     }
 
 
@@ -102,6 +104,32 @@ def sharding_spec(v) -> tuple | None:
         else:
             raise ValueError(f"sharding entry {axis!r} in {v!r}")
     return tuple(out)
+
+
+def is_single_device_sharding(v) -> bool:
+    return isinstance(v, jax.sharding.SingleDeviceSharding)
+
+
+def single_device_sharding():
+    """A ``SingleDeviceSharding`` param back: the first device of the process (the IR keeps no
+    device; an nnxc graph compiled without a mesh runs on one device)."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def placement_devices(target) -> int | None:
+    """How many devices a ``device_put`` target places on: 1 for None (the default device), a
+    ``jax.Device`` or a one-device sharding; the mesh size of a ``NamedSharding`` (also on an
+    abstract mesh); None for anything else (a memory kind, a layout)."""
+    if target is None or isinstance(target, jax.Device):
+        return 1
+    if isinstance(target, jax.sharding.NamedSharding):
+        return int(target.mesh.size)
+    if isinstance(target, jax.sharding.Sharding):
+        try:
+            return len(target.device_set)
+        except Exception:  # noqa: BLE001 - a sharding without concrete devices
+            return None
+    return None
 
 
 def is_partition_spec(v) -> bool:

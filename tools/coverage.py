@@ -61,13 +61,7 @@ MODULES = ("jax._src.ad_util", "jax._src.core", "jax._src.custom_derivatives", "
 
 # primitives the frontend refuses at trace: their params have no IR form (each was tried)
 TRACE_REFUSED = {
-    "sharding_constraint": "its params sharding (NamedSharding, SingleDeviceSharding) and context_mesh have "
-                           "no IR attribute form",
-    "device_put": "its param copy_semantics (ArrayCopySemantics) has no IR attribute form; drop "
-                  "jax.device_put inside the traced function",
     "composite": "its body is a jaxpr param (param 'jaxpr'): the frontend does not inline lax.composite yet",
-    "ragged_dot_general": "its param ragged_dot_dimension_numbers (RaggedDotDimensionNumbers) has no IR "
-                          "attribute form",
 }
 
 _COLLECTIVE = ("a collective over named mesh axes with no one-device form in nnxc (refused in a 1-device "
@@ -132,6 +126,21 @@ ONNX_REASONS = {
     "rng_bit_generator": "XLA's counter-based generator (state in, state and bits out) has no ONNX rule yet",
 }
 
+# what a covered cell should say besides how the op is lowered
+XLA_NOTES = {
+    "sharding_constraint": "re-binds lax.with_sharding_constraint on the mesh compiled under (its spec is "
+                           "kept; with no mesh of its axes, the value itself)",
+    "device_put": "traced only with a one-device target (None, a device, a one-device sharding), then the "
+                  "value itself",
+}
+ONNX_NOTES = {
+    "sharding_constraint": "an identity: a sharding annotation has no meaning on one device, where an "
+                           "ONNX graph runs",
+    "device_put": "an identity: the placement on one device has no meaning in an ONNX graph",
+    "ragged_dot_general": "the jax.lax.ragged_dot form only (lhs [m,k], rhs [g,k,n], group_sizes [g]); "
+                          "other dimension numbers refused",
+}
+
 # how tests spell primitives that have no ``lax.<name>`` of their own
 ALIASES = {
     "add_any": [r"jax\.grad\("], "broadcast_in_dim": [r"broadcast_to\("],
@@ -169,7 +178,9 @@ ALIASES = {
     "remat2": [r"jax\.checkpoint\(", r"nnx\.remat\("], "checkpoint": [r"jax\.checkpoint\("],
     "custom_linear_solve": [r"jnp\.linalg\.solve\("], "fft": [r"jnp\.fft\."],
     "stop_gradient": [r"stop_gradient"], "copy": [r"jnp\.copy\(", r"jnp\.array\(.*copy=True"],
-    "name": [r"checkpoint_name\("], "shard_map": [r"jax\.shard_map\(", r"experimental\.shard_map import"],
+    "name": [r"checkpoint_name\("], "sharding_constraint": [r"lax\.with_sharding_constraint\("],
+    "device_put": [r"return jax\.device_put\("], "ragged_dot_general": [r"lax\.ragged_dot\("],
+    "shard_map": [r"jax\.shard_map\(", r"experimental\.shard_map import"],
     "psum_invariant": [r"lax\.psum\("], "reduce_scatter": [r"lax\.psum_scatter\("],
     "pvary": [r"lax\.pcast\(.*to=\"varying\""], "all_gather_invariant": [r"lax\.all_gather\(.*to=\"invarying\""],
     "integer_pow": [r"lax\.integer_pow\("], "square": [r"jnp\.square\("],
@@ -473,6 +484,10 @@ def rows() -> list[dict]:
         tests = tests_for(name)
         xs, x_ok = xla_status(name)
         os_, o_ok = onnx_status(name)
+        if x_ok and name in XLA_NOTES:
+            xs = f"{xs}; {XLA_NOTES[name]}"
+        if o_ok and name in ONNX_NOTES:
+            os_ = f"{os_}; {ONNX_NOTES[name]}"
         if name in TRACE_REFUSED:
             xs, x_ok = f"refused at trace: {TRACE_REFUSED[name]}", False
             os_, o_ok = "refused at trace (see XLA)", False

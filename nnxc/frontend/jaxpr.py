@@ -36,7 +36,11 @@ DROPPED = {"scan": {"linear", "_split_transpose", "jaxpr"},
            "scatter-sub": {"update_jaxpr", "update_consts"},
            "scatter-min": {"update_jaxpr", "update_consts"},
            "scatter-max": {"update_jaxpr", "update_consts"},
-           "scatter": {"update_jaxpr", "update_consts"}}
+           "scatter": {"update_jaxpr", "update_consts"},
+           # the mesh a constraint was traced under: lowering uses the mesh compiled under
+           "sharding_constraint": {"context_mesh"},
+           # where to copy to: kept only when that is one device (then the op is an identity)
+           "device_put": {"devices", "srcs", "copy_semantics"}}
 REFUSED = {"pure_callback": "host callbacks cannot be compiled ahead of time or exported",
            "io_callback": "host callbacks cannot be compiled ahead of time or exported",
            "debug_callback": "remove jax.debug.print/callback before exporting",
@@ -153,7 +157,15 @@ class Converter:
         attrs = {}
         bad = []
         dropped = DROPPED.get(name, ())
-        for k, v in eqn.params.items():
+        params = eqn.params
+        if name == "sharding_constraint":  # a frozenset of dims: kept in order
+            params = {**params, "unconstrained_dims": tuple(sorted(params["unconstrained_dims"]))}
+        if name == "device_put":
+            targets = [t for t in params["devices"] if jc.placement_devices(t) != 1]
+            if targets:
+                bad.append(f"a placement on more than one device or a memory kind ({targets[0]!r:.80}); "
+                           "an nnxc graph runs on one device, drop jax.device_put inside the traced function")
+        for k, v in params.items():
             if k in dropped:
                 continue
             if v is None and k in jc.OMITTED_BY_PRIMITIVE.get(name, ()):

@@ -194,3 +194,10 @@ def _scatter(node: Node, ins: list, env: dict) -> list:
     if updates.dtype != operand.dtype:
         raise ShapeError(f"updates dtype {updates.dtype} differs from operand {operand.dtype}")
     return [operand]
+
+
+@shape_rule("sharding_constraint", "device_put")
+def _placement(node: Node, ins: list, env: dict) -> list:
+    # where the value lives, not what it is: the operands' types (JAX's rule wants the mesh
+    # the op was traced under, which the IR does not keep)
+    return list(ins)

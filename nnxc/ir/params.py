@@ -53,6 +53,8 @@ def encode_param(v: Any) -> Any:
                                               for f in dataclasses.fields(v)))
     if str(v).startswith("key<"):  # a PRNG key dtype
         return DType(str(v))
+    if jx.is_single_device_sharding(v):  # the device is the one compiled on: not kept
+        return Record("SingleDeviceSharding", ())
     try:
         spec = jx.sharding_spec(v)
     except ValueError as e:
@@ -82,6 +84,8 @@ def decode_param(v: Any, dims: dict | None = None) -> Any:
             if prim is None:
                 raise UnsupportedParam(f"unknown primitive {v.get('name')!r}")
             return prim
+        if v.cls == "SingleDeviceSharding":
+            return jx.single_device_sharding()
         if v.cls in ("NamedSharding", "PartitionSpec"):
             return jx.sharding_from_spec(v.cls, v.get("spec"))
         cls = jx.record_types().get(v.cls)

@@ -589,3 +589,36 @@ for _op, _why in {
     "geqp3": "QR with column pivoting (LAPACK's geqp3) has no ONNX lowering in nnxc",
 }.items():
     rule(_op)(_refuse(_why))
+
+
+# -- ragged_dot_general: jax.lax.ragged_dot, the grouped matmul of mixture-of-experts layers ---
+
+RAGGED_DOT_FORM = (((1,), (1,)), ((), ())), (0,), (0,)
+
+
+@rule("ragged_dot_general")
+def _ragged_dot(b, node, xs):
+    """lhs [m,k], rhs [g,k,n], group_sizes [g] -> [m,n]: row r of lhs is multiplied by rhs[j],
+    j the group whose rows (consecutive, in order) hold r; rows past sum(group_sizes) are 0.
+    The group of each row counts the cumulative group ends at or below it; rhs is gathered per
+    row and the rows multiplied as a batch of [1,k] @ [k,n]."""
+    a = node.attrs
+    dn = a["ragged_dot_dimension_numbers"]
+    form = (dn.get("dot_dimension_numbers"), dn.get("lhs_ragged_dimensions"), dn.get("rhs_group_dimensions"))
+    lt, rt, gt, ot = (v.type for v in (*node.inputs, node.outputs[0]))
+    if form != RAGGED_DOT_FORM or lt.rank != 2 or rt.rank != 3 or gt.rank != 1 or a.get("group_offset") is not None:
+        raise Refused(f"ragged_dot_general of the form dot_dimension_numbers={form[0]}, lhs_ragged_dimensions="
+                      f"{form[1]}, rhs_group_dimensions={form[2]} on lhs {lt}, rhs {rt}: only the "
+                      f"jax.lax.ragged_dot form (lhs [m,k], rhs [g,k,n], group_sizes [g]) is exported")
+    if not ot.dtype.startswith(("f", "bf")):
+        raise Refused(f"ragged_dot_general on {ot.dtype} (onnxruntime's MatMul of this form is for floats)")
+    x, w = b.cast(xs[0], lt.dtype, ot.dtype), b.cast(xs[1], rt.dtype, ot.dtype)
+    ends = b.op("CumSum", b.cast(xs[2], gt.dtype, "i64"), b.scalar(0, "i64"))
+    rows = b.op("Range", b.scalar(0, "i64"), b.dim_scalar(lt.shape[0]), b.scalar(1, "i64"))
+    past = b.op("LessOrEqual", b.unsqueeze(ends, [0]), b.unsqueeze(rows, [1]))  # [m,g]
+    group = reductions.reduce(b, "ReduceSum", b.op("Cast", past, to=7), [1])  # [m], g: past the end
+    last = b.op("Sub", b.dim_scalar(rt.shape[0]), b.scalar(1, "i64"))
+    per_row = b.op("Gather", w, b.op("Min", group, last), axis=0)  # [m,k,n]
+    out = b.squeeze(b.op("MatMul", b.unsqueeze(x, [1]), per_row), [1])  # [m,n]
+    inside = b.op("LessOrEqual", group, last)
+    return b.op("Where", b.unsqueeze(inside, [1]), out, b.scalar(0, ot.dtype))

@@ -242,3 +242,19 @@ def _dim_as_value(node, args, dims):
     dim = decode_param(node.attrs["dim"], dims)
     return [jax.numpy.asarray(jc.dimension_as_value(dim), dtype=to_dtype(node.outputs[0].type.dtype))]
 
+
+
+# -- placement: the values are the operands' -------------------------------------------
+
+@rule("sharding_constraint")
+def _sharding_constraint(node, args, dims):
+    sharding = decode_param(node.attrs["sharding"], dims)
+    if sharding is None:  # no mesh with its axes is set where the graph is compiled
+        return list(args)
+    return [jax.lax.with_sharding_constraint(args[0], sharding)]
+
+
+@rule("device_put")
+def _device_put(node, args, dims):
+    # kept only with a one-device target (see the frontend): inside jit, the operands themselves
+    return list(args)
