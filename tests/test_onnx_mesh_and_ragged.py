@@ -135,6 +135,17 @@ def test_device_put_on_a_one_device_mesh():
         run_both(g, jax.jit(f), [(rows(1),), (rows(3),)])
 
 
+def test_device_put_over_more_devices_is_refused_at_trace():
+    from jax.sharding import AbstractMesh
+    two = AbstractMesh((2,), ("x",), axis_types=(AxisType.Auto,))
+
+    def f(x):
+        return jax.device_put(x, NamedSharding(two, P("x")))
+
+    with pytest.raises(UnsupportedOpError, match="placement on more than one device"):
+        nnxc.trace(f, "f32[4,2]")
+
+
 # -- ragged_dot ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sizes", [[2, 0, 3, 1], [6, 0, 0, 0], [1, 1, 1, 0]])  # the last leaves 3 rows out
