@@ -19,10 +19,20 @@ import pytest
 
 import fuzzgen
 
-SEEDS = [*range(100), 2277, 31561]  # 100 consecutive seeds, and programs of fixed findings
+SEEDS = [*range(100), 2277, 31561, 31862, 34439]  # 100 consecutive seeds, and findings
 
-# seed -> (expected failures {(stage, kind, exception type for crashes)}, why); none open
-KNOWN: dict[int, tuple[set, str]] = {}
+# seed -> (expected failures {(stage, kind, exception type for crashes)}, why)
+_HLO_FORM = ("XLA:CPU's fusion depends on the form of the HLO it is given, not only on what it "
+             "computes, and nnxc's HLO differs in form from jax.jit's: ")
+KNOWN: dict[int, tuple[set, str]] = {
+    31862: ({("none", "mismatch", ""), ("default", "mismatch", "")},
+            _HLO_FORM + "nnx.jit also returns the unchanged state (return %out, %arg0, %arg1), which "
+            "fuses the layer norm differently (1 ulp); nnxc equals jax.jit(lambda x: model(x))"),
+    34439: ({("none", "mismatch", ""), ("default", "mismatch", "")},
+            _HLO_FORM + "jnp.var and jax.nn.leaky_relu are nested jits (func.call in the StableHLO) "
+            "with ddof a traced argument; nnxc inlines them, XLA fuses the var's reduction apart "
+            "and the norm's sum rounds 1 ulp differently"),
+}
 
 
 class KnownFailure(AssertionError):
