@@ -557,7 +557,7 @@ class Run:
             return ""
         return ("; jax.export with the same symbolic specs computes exactly nnxc's result: the "
                 "difference may come from tracing with symbolic dims, or from the oracle's other "
-                "HLO form (nnx.jit's state outputs, nested jits; README, Presets)")
+                "HLO form (nnx.jit's state outputs, nested jits; README, Passes)")
 
     def check_close(self, pipeline: str):
         """XLA on the optimized graph: outputs within tolerance (updates may be pruned)."""
