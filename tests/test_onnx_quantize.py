@@ -17,6 +17,7 @@ from onnx import TensorProto
 
 import nnxc
 from nnxc.runtime import quantize as q
+from nnxc.runtime.onnx_io import op_types
 
 import cli_inprocess
 
@@ -39,16 +40,6 @@ def traced():
         model = make()
         out[name] = (model, nnxc.trace(model, spec))
     return out
-
-
-def op_types(g) -> set:
-    ops = set()
-    for node in g.node:
-        ops.add(node.op_type)
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                ops |= op_types(a.g)
-    return ops
 
 
 def weights(model, data_type) -> list[str]:

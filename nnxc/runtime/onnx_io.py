@@ -255,6 +255,26 @@ class _Folder:
 
 # -- reading models ------------------------------------------------------------------------
 
+def subgraphs(node: onnx.NodeProto):
+    """The bodies of a node (Loop, If, Scan): its graph-valued attributes."""
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def op_types(graph: onnx.GraphProto, nested: bool = True) -> set[str]:
+    """The op types of ``graph``'s nodes, and of the bodies inside them when ``nested``."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        if nested:
+            for sub in subgraphs(node):
+                ops |= op_types(sub)
+    return ops
+
+
 def read_model_file(path) -> onnx.ModelProto:
     """The ModelProto in the file ``path``, external data left unread (OnnxFileError when
     the file cannot be read or is not an ONNX protobuf)."""

@@ -126,21 +126,8 @@ def bf16_refusal() -> str:
 
 def default_mode(model) -> str:
     """``static`` for a model with a convolution (a CNN), else ``dynamic`` (transformers, MLPs)."""
-    return "static" if any(op in CONV_OPS for op in _op_types(model.graph)) else "dynamic"
-
-
-def _op_types(g) -> set:
-    import onnx
-    ops = set()
-    for node in g.node:
-        ops.add(node.op_type)
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                ops |= _op_types(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    ops |= _op_types(sub)
-    return ops
+    from .onnx_io import op_types
+    return "static" if any(op in CONV_OPS for op in op_types(model.graph)) else "dynamic"
 
 
 def weight_summary(model) -> str:
@@ -264,15 +251,12 @@ def _sort_nodes(graph) -> None:
 
 
 def _read_in_subgraphs(node) -> set:
-    import onnx
+    from .onnx_io import subgraphs
     names = set()
-    for a in node.attribute:
-        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else \
-            list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for sub in subs:
-            names |= {o.name for o in sub.output}
-            for n in sub.node:
-                names |= set(n.input) | _read_in_subgraphs(n)
+    for sub in subgraphs(node):
+        names |= {o.name for o in sub.output}
+        for n in sub.node:
+            names |= set(n.input) | _read_in_subgraphs(n)
     return names
 
 
@@ -295,6 +279,8 @@ def _ort_version() -> str:
 
 def _run_tool(model, quantize, mode, calibration):
     import onnx
+
+    from .onnx_io import op_types
     if not quantize:
         from onnxruntime.transformers.float16 import convert_float_to_float16
         blocked = fp16_block_list(model)
@@ -308,7 +294,7 @@ def _run_tool(model, quantize, mode, calibration):
         src = _pre_process(model, tmp)
         out = os.path.join(tmp, "quantized.onnx")
         if mode == "dynamic":
-            ops = [op for op in DYNAMIC_OPS if op in _op_types(src.graph)]
+            ops = [op for op in DYNAMIC_OPS if op in op_types(src.graph)]
             quantize_dynamic(src, out, op_types_to_quantize=ops or list(DYNAMIC_OPS),
                              per_channel=True, weight_type=QuantType.QInt8,
                              extra_options={"EnableSubgraph": True})  # Loop bodies too
@@ -457,15 +443,8 @@ def fp16_block_list(model) -> list[str]:
 
 
 def _op_types_in_subgraphs(g) -> set:
-    import onnx
-    ops = set()
-    for node in g.node:
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else \
-                list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-            for sub in subs:
-                ops |= _op_types(sub)
-    return ops
+    from .onnx_io import op_types, subgraphs
+    return set().union(*(op_types(sub) for node in g.node for sub in subgraphs(node)))
 
 
 def _copy(model):
