@@ -184,6 +184,13 @@ def test_low_precision_arithmetic_is_bit_exact(dtype):
     np.testing.assert_array_equal(got[0].astype(np.float32), want[0].astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16, np.float32], ids=["f16", "bf16", "f32"])
+def test_sign_of_nan_is_nan(dtype):  # fuzz seed 41262: onnxruntime's f16 and bf16 Sign give 0 for NaN
+    x = np.array([np.nan, -np.nan, -0.0, 0.0, 2.0, -3.0, np.inf, -np.inf], dtype)
+    want, got = run_both(jnp.sign, x)
+    np.testing.assert_array_equal(got[0].astype(np.float32), want[0].astype(np.float32))
+
+
 def test_f16_elementwise_ops_round_like_xla():
     x = np.linspace(-3, 3, 41).astype(np.float16)
     fn = lambda x: {"exp_mul": jnp.exp(x) * x - 1, "tanh": jnp.tanh(x * 3) + x,  # noqa: E731
