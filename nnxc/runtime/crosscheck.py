@@ -3,12 +3,10 @@ in onnxruntime, per output, at several sizes of the symbolic dims (1 among them)
 """
 from __future__ import annotations
 
-import ctypes
 import re
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..errors import NnxcError
@@ -119,7 +117,7 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
         from ..backends.xla.compile import compile
         exe = compile(graph)
     if "onnx" in backends:
-        from .onnx_io import onnx_session
+        from .onnx_io import onnx_session, run_onnx
         value_names: dict = {}
         onnx_model = export_onnx(graph, opset=opset, value_names=value_names)
         session = onnx_session(onnx_model)
@@ -143,7 +141,7 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
         if reference is not None:
             got["jax"] = [_host(x) for x in jax.tree_util.tree_leaves(reference(*pos, **kwa))]
         if session is not None:
-            got["onnx"] = run_onnx(session, [_host(x) for x in flat])
+            got["onnx"] = run_onnx(session, *[_host(x) for x in flat])
         ref_name = "jax" if reference is not None else "xla"
         ref = got[ref_name]
         for backend in backends:
@@ -181,37 +179,6 @@ def crosscheck(graph_or_model, *args, backends=("jax", "xla", "onnx"), rtol=None
                                    backends=[b for b in backends if b != "jax"], opset=opset,
                                    rtol=rtol, atol=atol)
     return report
-
-
-def run_onnx(session, arrays: list) -> list:
-    """``session``'s outputs on ``arrays``; bf16 inputs and outputs go through bound
-    OrtValues (onnxruntime's numpy bridge has no bfloat16)."""
-    names = [i.name for i in session.get_inputs()]
-    if not any(a.dtype == jnp.bfloat16 for a in arrays) and not any(
-            o.type == "tensor(bfloat16)" for o in session.get_outputs()):
-        return session.run(None, dict(zip(names, arrays)))
-    import onnxruntime as ort
-    from onnx import TensorProto
-    io = session.io_binding()
-    for name, a in zip(names, arrays):
-        a = np.ascontiguousarray(a)
-        io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-            a.view(np.uint16), TensorProto.BFLOAT16) if a.dtype == jnp.bfloat16
-            else ort.OrtValue.ortvalue_from_numpy(a))
-    for o in session.get_outputs():
-        io.bind_output(o.name, "cpu")
-    session.run_with_iobinding(io)
-    out = []
-    for v in io.get_outputs():
-        if v.data_type() != "tensor(bfloat16)":
-            out.append(v.numpy())
-            continue
-        shape = tuple(v.shape())
-        n = int(np.prod(shape))
-        bits = np.ctypeslib.as_array((ctypes.c_uint16 * n).from_address(v.data_ptr())) if n else \
-            np.zeros(0, np.uint16)
-        out.append(bits.copy().reshape(shape).view(jnp.bfloat16))
-    return out
 
 
 def _low_precision_line(model, rtol) -> str | None:

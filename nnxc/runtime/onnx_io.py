@@ -29,6 +29,7 @@ import os
 import re
 import stat
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
@@ -399,8 +400,40 @@ def onnx_session(model_or_path, providers=("CPUExecutionProvider",), options=Non
 
 
 def run_onnx(session, *args) -> list:
-    """Run with positional inputs in the model's input order; returns the outputs as a list."""
+    """Run with positional inputs in the model's input order; returns the outputs as a list.
+    bf16 inputs and outputs go through bound OrtValues (onnxruntime's numpy bridge has no
+    bfloat16)."""
     names = [i.name for i in session.get_inputs()]
     if len(args) != len(names):
         raise NnxcError(f"the model takes {len(names)} input(s) ({', '.join(names)}), got {len(args)}")
-    return session.run(None, dict(zip(names, args)))
+    if not any(_is_bf16(a) for a in args) and not any(
+            o.type == "tensor(bfloat16)" for o in session.get_outputs()):
+        return session.run(None, dict(zip(names, args)))
+    import ctypes
+
+    import onnxruntime as ort
+    io = session.io_binding()
+    for name, a in zip(names, args):
+        a = np.ascontiguousarray(a)
+        io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            a.view(np.uint16), TensorProto.BFLOAT16) if _is_bf16(a)
+            else ort.OrtValue.ortvalue_from_numpy(a))
+    for o in session.get_outputs():
+        io.bind_output(o.name, "cpu")
+    session.run_with_iobinding(io)
+    out = []
+    for v in io.get_outputs():
+        if v.data_type() != "tensor(bfloat16)":
+            out.append(v.numpy())
+            continue
+        import ml_dtypes
+        shape = tuple(v.shape())
+        n = int(np.prod(shape))
+        bits = np.ctypeslib.as_array((ctypes.c_uint16 * n).from_address(v.data_ptr())) if n else \
+            np.zeros(0, np.uint16)
+        out.append(bits.copy().reshape(shape).view(ml_dtypes.bfloat16))
+    return out
+
+
+def _is_bf16(a) -> bool:
+    return getattr(getattr(a, "dtype", None), "name", "") == "bfloat16"
