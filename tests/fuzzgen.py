@@ -42,9 +42,11 @@ wrote: it runs in a forked child), invalid (the oracle itself fails: a generator
 xla_only (ONNX differs from jax.jit, and agrees with JAX's own evaluation of the program with
 max/min reductions propagating NaN as JAX specifies them, fused or op by op: XLA:CPU drops
 NaN in some max reductions, openxla/xla#21461, its fused kernels contract ``a*b - c`` into one
-FMA that does not overflow where the separate ops do, and it divides by a broadcast value as a
-multiplication by the reciprocal, which underflows to 0 for divisors above 2**126; counted
-apart, not an nnxc failure) or skipped (a stage needing a pipeline whose own stage
+FMA that does not overflow where the separate ops do, it divides by a broadcast value as a
+multiplication by the reciprocal, which underflows to 0 for divisors above 2**126, and its
+dot rounds each product to f32 before adding, so a product that overflows meets an infinity
+as inf - inf = NaN where onnxruntime's FMA adds it exactly (op by op, the oracle's dots use
+exact products); counted apart, not an nnxc failure) or skipped (a stage needing a pipeline whose own stage
 failed). An exact-stage mismatch on a
 symbolic program says when ``jax.export`` with the same specs computes nnxc's bits (JAX
 traced the program differently with symbolic dims; not a lowering bug).
@@ -228,7 +230,15 @@ def _eval_jaxpr(jaxpr, consts, args, nudge, ieee: bool = False):
         else:
             if name in _SUM_PRIMS:
                 ins = [nudge(x) for x in ins]
-            if ieee and name == "div" and not any(isinstance(x, jax.core.Tracer) for x in ins):
+            concrete = not any(isinstance(x, jax.core.Tracer) for x in ins)
+            if ieee and name == "dot_general" and concrete and all(
+                    jnp.issubdtype(x.dtype, jnp.floating) for x in ins):
+                # op by op, each product exact (f64): onnxruntime's kernels multiply-add in
+                # one FMA, so a product that overflows f32 is added exactly (1.7e38 * 1.7e38
+                # + -inf is -inf), where XLA:CPU rounds it to inf first (inf - inf: NaN)
+                env[eqn.outvars[0]] = _dot_f64(ins[0], ins[1], p, eqn.outvars[0].aval.dtype)
+                continue
+            if ieee and name == "div" and concrete:
                 # op by op, the divisor materialized: XLA:CPU divides by a broadcast operand as
                 # a multiplication by its reciprocal, which underflows for divisors > 2**126
                 shape = eqn.outvars[0].aval.shape
@@ -243,6 +253,26 @@ def _eval_jaxpr(jaxpr, consts, args, nudge, ieee: bool = False):
         for v, o in zip(eqn.outvars, outs):
             env[v] = o
     return [read(v) for v in jaxpr.outvars]
+
+
+def _dot_f64(x, y, params, dtype):
+    """``lax.dot_general`` with exact products and f64 sums, rounded once to ``dtype``."""
+    (cx, cy), (bx, by) = params["dimension_numbers"]
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    sx = [None] * np.ndim(x)
+    sy = [None] * np.ndim(y)
+    for i, j in zip(bx, by):
+        sx[i] = sy[j] = next(letters)
+    for i, j in zip(cx, cy):
+        sx[i] = sy[j] = next(letters)
+    sx = [c or next(letters) for c in sx]
+    sy = [c or next(letters) for c in sy]
+    out = ([sx[i] for i in bx] + [c for i, c in enumerate(sx) if i not in bx and i not in cx]
+           + [c for i, c in enumerate(sy) if i not in by and i not in cy])
+    with np.errstate(all="ignore"):
+        r = np.einsum(f"{''.join(sx)},{''.join(sy)}->{''.join(out)}",
+                      np.asarray(x, np.float64), np.asarray(y, np.float64))
+        return np.asarray(r).astype(dtype)
 
 
 def _pure(obj, kw):

@@ -157,6 +157,31 @@ def test_xla_division_by_a_broadcast_reciprocal_is_xla_only():
     assert kinds == {"none": "ok", "onnx": "xla_only"}, kinds
 
 
+def test_xla_dot_rounding_an_overflowing_product_is_xla_only():
+    """Seed 40609: x @ x.T of an f32 input holding 1.7e38, -inf and NaN. XLA:CPU's dot rounds
+    1.7e38 * 1.7e38 to inf before adding -inf (NaN); onnxruntime's MatMul adds the exact
+    product in one FMA (-inf). Op by op with exact products, JAX agrees with ONNX."""
+    program = fuzzgen.generate(40609)
+    kinds = {o.stage: o.kind for o in fuzzgen.check(program, ("none", "onnx"))}
+    assert kinds == {"none": "ok", "onnx": "xla_only"}, kinds
+
+
+def test_exact_product_dot_is_lax_dot_general():
+    """The oracle's f64 dot computes lax.dot_general's layout (batch, lhs free, rhs free)."""
+    from jax import lax
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    y = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    dims = (((3, 1), (1, 3)), ((0,), (0,)))
+    want = np.asarray(lax.dot_general(x, y, dims, precision=lax.Precision.HIGHEST))
+    got = fuzzgen._dot_f64(x, y, {"dimension_numbers": dims}, np.float32)
+    assert got.shape == want.shape == (2, 4, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    big = np.array([[1.7e38, -np.inf]], np.float32)
+    assert fuzzgen._dot_f64(big, big.T, {"dimension_numbers": (((1,), (0,)), ((), ()))},
+                            np.float32)[0, 0] == np.inf  # 2.9e76 + inf: no inf - inf
+
+
 def test_onnx_nan_differences_not_explained_by_xla_are_mismatches(monkeypatch):
     """The 'xla_only' reading needs the NaN-propagating evaluation to agree with ONNX: a NaN
     that ONNX invents is still a mismatch."""

@@ -319,8 +319,9 @@ def print_summary(summary: dict) -> None:
     for row in summary["ort_refused"]:
         print(f"  {row['count']:>4}  {row['message']}")
     print("\nxla_only (ONNX agrees with JAX's own evaluation of the program; XLA:CPU's compiled "
-          "program drops NaN in a max reduction, contracts an FMA across an overflow, or divides "
-          "by a broadcast divisor through its reciprocal):")
+          "program drops NaN in a max reduction, contracts an FMA across an overflow, divides "
+          "by a broadcast divisor through its reciprocal, or rounds a dot's overflowing product "
+          "before adding it):")
     if not summary.get("xla_only"):
         print("  (none)")
     for row in summary.get("xla_only", []):
