@@ -311,3 +311,27 @@ def test_scans_over_a_symbolic_length_compile_at_every_size():
     for b in (1, 3):
         x = np.arange(b * 4, dtype=np.float32).reshape(b, 4)
         assert np.array_equal(np.asarray(exe(x)), np.asarray(jax.jit(f)(x)))
+
+
+def test_constants_passed_into_nested_jits_keep_their_boundary():
+    """jnp.var passes ddof, leaky_relu its slope, into jax.jit'd functions: jax.jit's HLO has
+    them as call operands, which nothing folds before XLA inlines the call. nnxc keeps them as
+    jit_boundary (seed 34439: folded, XLA simplified the variance differently, 1 ulp); an
+    inlined jit (inline=True) is lowered inline by JAX too, so its constants stay plain."""
+    def f(x):
+        return jnp.linalg.norm(jax.nn.leaky_relu(jnp.var(x, axis=3), 0.1), axis=(0, 1), keepdims=True)
+
+    g = nnxc.trace(f, "f32[8,2,2,4]")
+    crossing = sorted(str(n.inputs[0].data) for n in g.walk() if n.op == "jit_boundary")
+    assert crossing == ["0", "0.1", "nan"], crossing  # ddof, the slope, _where's fill
+    x = np.random.default_rng(0).standard_normal((8, 2, 2, 4)).astype(np.float32)
+    assert np.array_equal(nnxc.compile(g)(x), jax.jit(f)(x))
+    assert np.array_equal(nnxc.compile(nnxc.optimize(g, "default"))(x), jax.jit(f)(x))
+    assert not any(n.op == "jit_boundary" for n in nnxc.optimize(g, "fast").walk())
+    report = nnxc.crosscheck(g, x, per_module=True)  # ONNX reads the constants through it
+    assert report.ok, report
+
+    inlined = jax.jit(lambda x, s: x * s, inline=True)
+    g2 = nnxc.trace(lambda x: inlined(x, 0.5), "f32[3]")
+    assert not any(n.op == "jit_boundary" for n in g2.walk())
+    assert "mul(%x, 0.5:f32)" in str(g2)

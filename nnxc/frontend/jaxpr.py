@@ -22,6 +22,8 @@ INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_ca
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
           "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr",
           "remat2": "jaxpr"}
+# the calls jax.jit lowers as calls (func.call) unless their ``inline`` param says otherwise
+CALLS = frozenset({"pjit", "jit"})
 # primitives that become nodes with regions, and the params that hold their bodies (a
 # reducer: a region of scalars, (accumulators..., elements...) -> accumulators...)
 REGIONS = {"scan": ("jaxpr",), "while": ("cond_jaxpr", "body_jaxpr"), "cond": ("branches",),
@@ -74,6 +76,17 @@ class Converter:
             self.graph.consts.append(v)
         return v
 
+    def boundary(self, v: Value, nodes: list[Node], path: str, loc) -> Value:
+        """A constant that crosses a nested jit's boundary (an argument or a result of a
+        ``jax.jit`` the program calls) becomes ``jit_boundary(constant)``, lowered as such a
+        call: jax.jit's HLO passes it as a call operand, which no folding before XLA inlines
+        the call sees through, and XLA simplifies the rest differently when it can."""
+        if not v.is_const:
+            return v
+        node = Node("jit_boundary", [v], [v.type], {}, (), path, loc)
+        nodes.append(node)
+        return node.outputs[0]
+
     def closed(self, cj, in_values, nodes: list[Node], path: str) -> list[Value]:
         if isinstance(cj, jc.ClosedJaxpr):
             consts = [self.const(c) for c in cj.consts]
@@ -113,7 +126,12 @@ class Converter:
                     inner, ins = _linear_solve_call(eqn.params, ins)
                 else:
                     inner = eqn.params.get(INLINE[name])
+                called = name in CALLS and not eqn.params.get("inline")
+                if called:
+                    ins = [self.boundary(v, nodes, epath, loc) for v in ins]
                 outs = self.closed(inner, ins, nodes, epath)
+                if called:
+                    outs = [self.boundary(v, nodes, epath, loc) for v in outs]
                 self.inlined_loc = outer
             elif name == "shard_map":
                 outs = convert_shard_map(self, eqn, ins, nodes, epath, loc)

@@ -196,6 +196,13 @@ def _scatter(node: Node, ins: list, env: dict) -> list:
     return [operand]
 
 
+@shape_rule("jit_boundary")
+def _jit_boundary(node: Node, ins: list, env: dict) -> list:
+    # a constant passed into or returned from a nested jax.jit (frontend/jaxpr.py): the
+    # same value, which only XLA, after inlining the call, sees as that constant
+    return list(ins)
+
+
 @shape_rule("sharding_constraint", "device_put")
 def _placement(node: Node, ins: list, env: dict) -> list:
     # where the value lives, not what it is: the operands' types (JAX's rule wants the mesh

@@ -19,6 +19,7 @@ from .fuse_softmax import fuse_softmax
 from .freeze import freeze
 from .prune import prune
 from .simplify import simplify
+from .strip_jit_boundaries import strip_jit_boundaries
 from .strip_stop_gradient import strip_stop_gradient
 
 PASSES: dict[str, tuple] = {
@@ -31,6 +32,7 @@ PASSES: dict[str, tuple] = {
     "fold-all-constants": (fold_all_constants, "evaluate every node on constant inputs, float math too (size-bounded)"),
     "simplify": (simplify, "algebraic identities; merge reshape/transpose/broadcast chains"),
     "strip-stop-gradient": (strip_stop_gradient, "remove stop_gradient (inference only)"),
+    "strip-jit-boundaries": (strip_jit_boundaries, "constants crossing a nested jit become plain constants"),
     "cleanup": (cleanup, "simplify, fold-constants, cse, dce until nothing changes"),
     "cleanup-all": (cleanup_all, "simplify, fold-all-constants, cse, dce until nothing changes"),
     "fold-batchnorm": (fold_batchnorm, "fold per-channel affine ops (frozen BatchNorm) into conv/linear weights"),
@@ -53,8 +55,9 @@ FUSION = ["fuse-softmax", "fuse-attention", "fuse-norms", "fuse-activations", "f
 PRESETS: dict[str, list[str]] = {
     "none": [],
     "default": CLEANUP + ["cleanup"],
-    "fast": CLEANUP_ALL + FUSION + ["cleanup-all"],
-    "inference": ["freeze", "prune", "dce-variables", "strip-stop-gradient"] + CLEANUP_ALL
+    "fast": ["strip-jit-boundaries"] + CLEANUP_ALL + FUSION + ["cleanup-all"],
+    "inference": ["freeze", "prune", "dce-variables", "strip-stop-gradient", "strip-jit-boundaries"]
+    + CLEANUP_ALL
     + ["fold-batchnorm", "dce"] + FUSION + ["cleanup-all"],
 }
 # What each preset promises on XLA against the model's own jax.jit (README says the same).

@@ -39,6 +39,7 @@ from ..._version import __version__
 from ...errors import NnxcWarning, NnxcError, UnsupportedOpError
 from ...ir.graph import Graph
 from ...ir.types import is_plain_symbol
+from ...passes.strip_jit_boundaries import strip_jit_boundaries
 from . import control, elementwise, fused, indexing, linalg, reducers, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, live_nodes, value_info
 from .fft import PART, as_pair, boundary_type, is_complex, pair
@@ -198,6 +199,17 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
                                value_names=value_names, cpu_kernels=cpu_kernels,
                                _chosen=f"raised to {e.opset} for {e.ops}")
     opset = resolve_opset(opset)
+    if value_names is not None and any(n.op == "jit_boundary" for n in graph.walk()):
+        stripped: dict = {}
+        vmap: dict = {}
+        model = export_onnx(strip_jit_boundaries(graph, vmap), path, opset, external_data,
+                            weights_as_inputs, check=check, value_names=stripped,
+                            cpu_kernels=cpu_kernels, _chosen=_chosen)
+        for v, new in vmap.items():  # the names of the caller's values
+            if new in stripped:
+                value_names[v] = stripped[new]
+        return model
+    graph = strip_jit_boundaries(graph)  # ONNX rules read constants as constants
     if external_data and path is None:
         raise NnxcError("external_data needs a path to write the data file beside")
     ctx = Context(opset)

@@ -246,6 +246,19 @@ def _dim_as_value(node, args, dims):
 
 # -- placement: the values are the operands' -------------------------------------------
 
+@jax.jit
+def _crossing(x):
+    return x
+
+
+@rule("jit_boundary")
+def _jit_boundary(node, args, dims):
+    """A constant crossing a nested jit in the user's program: the same call (jax.jit emits
+    a ``func.call`` for it; XLA inlines it), so that XLA simplifies around it as it does in
+    the user's own HLO."""
+    return [_crossing(args[0])]
+
+
 @rule("sharding_constraint")
 def _sharding_constraint(node, args, dims):
     sharding = decode_param(node.attrs["sharding"], dims)
