@@ -21,18 +21,11 @@ import fuzzgen
 
 SEEDS = [*range(100), 2277, 31561, 31862, 34439]  # 100 consecutive seeds, and findings
 
-# seed -> (expected failures {(stage, kind, exception type for crashes)}, why)
-_HLO_FORM = ("XLA:CPU's fusion depends on the form of the HLO it is given, not only on what it "
-             "computes, and nnxc's HLO differs in form from jax.jit's: ")
-KNOWN: dict[int, tuple[set, str]] = {
-    31862: ({("none", "mismatch", ""), ("default", "mismatch", "")},
-            _HLO_FORM + "nnx.jit also returns the unchanged state (return %out, %arg0, %arg1), which "
-            "fuses the layer norm differently (1 ulp); nnxc equals jax.jit(lambda x: model(x))"),
-    34439: ({("none", "mismatch", ""), ("default", "mismatch", "")},
-            _HLO_FORM + "jnp.var and jax.nn.leaky_relu are nested jits (func.call in the StableHLO) "
-            "with ddof a traced argument; nnxc inlines them, XLA fuses the var's reduction apart "
-            "and the norm's sum rounds 1 ulp differently"),
-}
+# seed -> (expected failures {(stage, kind, exception type for crashes)}, why): none today.
+# Seeds 31862 (an NNX model: the oracle is its jit with the model as an argument, which
+# returns what the call changes, not nnx.jit, which returns every variable) and 34439
+# (constants passed into jnp's nested jits, now kept as jit_boundary) were listed here.
+KNOWN: dict[int, tuple[set, str]] = {}
 
 
 class KnownFailure(AssertionError):

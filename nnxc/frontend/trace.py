@@ -295,19 +295,24 @@ def _trace_nnx(model: nnx.Module, abstract, kwargs, method: str, name: str | Non
 
 
 def _nnx_reference(model: nnx.Module, method: str, kwargs: dict, kw) -> Callable:
-    """The user's own call ``model.method(*args, **kwargs)`` under ``nnx.jit``, on a fresh
-    module holding the model's current state (so checking never changes the user's model)."""
+    """The user's own call ``model.method(*args, **kwargs)`` under ``jax.jit`` with the model
+    as an argument (Flax's pytree form, ``jax.jit(lambda m, *a: m(*a))(model, *args)``),
+    returning the outputs and the variables the call changes, as nnxc's executable does.
+    The user's model is never changed. (``nnx.jit`` also returns every unchanged variable;
+    XLA may fuse that larger program differently: README, Passes.)"""
     graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree_util.tree_flatten(state)  # fresh Variables per call: merge shares them
+    leaves, tree = jax.tree_util.tree_flatten(state)
 
-    @nnx.jit
-    def run(m, *args):
+    @jax.jit
+    def run(leaves, *args):
+        m = nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, leaves))
         pos, kwa = kw.split(args)
-        return getattr(m, method)(*pos, **kwargs, **kwa)
+        out = getattr(m, method)(*pos, **kwargs, **kwa)
+        given = {id(x) for x in leaves}
+        return out, [x for x in jax.tree_util.tree_leaves(nnx.state(m)) if id(x) not in given]
 
     def reference(*args, **kwa):
-        fresh = nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, leaves))
-        return run(fresh, *args, *(kwa[k] for k in kw.names))
+        return run(leaves, *args, *(kwa[k] for k in kw.names))[0]
 
     return reference
 
