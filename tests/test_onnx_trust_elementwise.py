@@ -504,3 +504,36 @@ def test_cumlogsumexp_with_infinities(reverse):
     [want], [got] = run_both(lambda a: lax.cumlogsumexp(a, axis=1, reverse=reverse), x)
     assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(np.isinf(got), np.isinf(want))
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["transpose", "transpose-max"])
+def test_f16_transpose_into_an_f32_matmul_loads_in_onnxruntime(tmp_path, form):
+    """Fuzz seed 54737: onnxruntime 1.32's CPU graph optimizer (level ALL) crashes (SIGSEGV)
+    loading an f16 Transpose that moves the leading axis and, through f16 ops, feeds a cast to
+    f32 and a MatMul. nnxc computes f16/bf16 Transposes in f32 (exact); the model loads and
+    runs, in a child process so that a crash fails this test instead of killing the run."""
+    import subprocess
+    import sys
+    w = np.linspace(-1, 1, 5, dtype=np.float16).reshape(5, 1)  # an f16 matmul: computed in f32
+
+    def fn(x):
+        t = jnp.transpose(x, (1, 2, 0, 3))
+        return (t if form == "transpose" else jnp.maximum(t, t)) @ w
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 5)).astype(np.float16)
+    model = nnxc.export_onnx(nnxc.trace(fn, x))
+    assert all(n.input[0] != model.graph.input[0].name or n.op_type != "Transpose"
+               for n in model.graph.node)  # the input is cast before it is transposed
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, onnxruntime as ort\n"
+            "so = ort.SessionOptions()\n"
+            "so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL\n"
+            "s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])\n"
+            "x = np.load(sys.argv[2])\n"
+            "np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0])\n")
+    run = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
+                          str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.asarray(jax.jit(fn)(x)))
