@@ -141,7 +141,10 @@ def _reduce_window(b, node, xs):
     for min, 0 for sum), as XLA pads: onnxruntime's MaxPool refuses pads >= the kernel.
     Its float MaxPool also skips NaNs (XLA's max and min propagate them) and, with strides,
     never goes below the lowest finite float (a window of -inf gives -3.4e38): a second pool
-    classifies each window (a NaN in it / all -inf / otherwise) and puts both back."""
+    classifies each window (a NaN in it / all -inf / otherwise) and puts both back. When each
+    window holds an input element, MaxPool pads by itself; when the input is a relu's, no
+    window is all -inf and only NaNs are put back. Two axes not pooled (NHWC) stay as N and
+    C, with no Reshape around the pool."""
     a = node.attrs
     it, ot, op = node.inputs[0].type, node.outputs[0].type, node.op
     rank, t = it.rank, it.dtype
@@ -154,8 +157,9 @@ def _reduce_window(b, node, xs):
     rest = [i for i in range(rank) if i not in pooled]
     perm = rest + pooled
     work = _pool_type(t, op)
-    shape = [dim_mul(*[it.shape[i] for i in rest]), 1] + [it.shape[i] for i in pooled]
-    x = reshape(b, b.cast(b.transpose(xs[0], perm), t, work), shape)
+    x = b.cast(b.transpose(xs[0], perm), t, work)
+    x, shape, group, folded = _pool_frame(b, x, [it.shape[i] for i in rest],
+                                          [it.shape[i] for i in pooled], op)
     if op == "reduce_window_min":
         x = b.op("Neg", x)
     ident = b.scalar(_pool_identity(t, op), work)
@@ -174,12 +178,18 @@ def _reduce_window(b, node, xs):
     kernel = [win[i] for i in pooled]
     kw = dict(kernel_shape=kernel, strides=[strides[i] for i in pooled], dilations=[wdil[i] for i in pooled])
     if op == "reduce_window_sum":  # Conv pads with zeros, the identity, and takes any amount
-        ones = b.const(np.ones([1, 1] + kernel, dtype=to_dtype(work)))
-        y = b.op("Conv", x, ones, pads=lo + hi, **kw)
+        ones = b.const(np.ones([group, 1] + kernel, dtype=to_dtype(work)))
+        y = b.op("Conv", x, ones, pads=lo + hi, group=group if group > 1 else None, **kw)
     else:
-        x = pad_op(b, x, [0, 0] + lo, [0, 0] + hi, ident, work)
+        if _windows_hold_input(node, pooled, lo, hi):  # MaxPool's own padding: no Pad node
+            kw["pads"] = lo + hi
+        else:
+            x = pad_op(b, x, [0, 0] + lo, [0, 0] + hi, ident, work)
         y = b.op("MaxPool", x, **kw)
-        if t.startswith(("f", "bf")):  # per window: 2 if a NaN, 0 if all -inf, else 1
+        if t.startswith(("f", "bf")) and "pads" in kw and _never_neg_inf(node):
+            nan = b.op("MaxPool", b.cast(b.op("IsNaN", x), "bool", work), **kw)  # 1: a NaN in it
+            y = b.where(b.op("Greater", nan, b.scalar(0, work)), b.scalar(np.nan, work), y)
+        elif t.startswith(("f", "bf")):  # per window: 2 if a NaN, 0 if all -inf, else 1
             cls = b.op("Add", b.cast(b.op("IsNaN", x), "bool", work),
                        b.cast(b.op("Not", b.op("IsInf", x, detect_positive=0)), "bool", work))
             cls = b.op("MaxPool", cls, **kw)
@@ -187,8 +197,42 @@ def _reduce_window(b, node, xs):
             y = b.where(b.op("Greater", cls, b.scalar(1, work)), b.scalar(np.nan, work), y)
         if op == "reduce_window_min":
             y = b.op("Neg", y)
-    y = reshape(b, y, [ot.shape[i] for i in perm])
+    if folded:
+        y = reshape(b, y, [ot.shape[i] for i in perm])
     return b.cast(b.transpose(y, [perm.index(i) for i in range(rank)]), work, t)
+
+
+def _windows_hold_input(node, pooled: list, lo: list, hi: list) -> bool:
+    """Each window holds an element of the input (no dilation, non-negative padding shorter
+    than the window), so MaxPool's own padding, which it skips, is XLA's identity padding."""
+    a, t = node.attrs, node.inputs[0].type
+    for k, i in enumerate(pooled):
+        n, w = t.shape[i], a["window_dimensions"][i]
+        if not isinstance(n, int) or n < 1 or a["base_dilation"][i] != 1 \
+                or a["window_dilation"][i] != 1 or min(a["padding"][i]) < 0 or max(lo[k], hi[k]) >= w:
+            return False
+    return True
+
+
+def _never_neg_inf(node) -> bool:
+    """The pooled input is ``max(x, c)`` with a finite ``c`` (a relu): never -inf."""
+    from ...passes.rewrite import splat
+    p = node.inputs[0].producer
+    if node.op != "reduce_window_max" or p is None or p.op != "max":
+        return False
+    return any(c is not None and np.isfinite(c) for c in map(splat, p.inputs))
+
+
+def _pool_frame(b, x: str, rest: list, pooled: list, op: str):
+    """``x`` (its axes ``rest + pooled``) as [batch, channels, *pooled] for MaxPool / Conv:
+    (tensor, its dims, Conv group, whether it was reshaped). Two axes not pooled are batch
+    and channels as they are (NCHW, no Reshape: the layout pass then cancels the
+    Transposes around the pool; a sum is a depthwise Conv, one group per channel);
+    otherwise they are folded into the batch, with one channel."""
+    if len(rest) == 2 and (op != "reduce_window_sum" or (isinstance(rest[1], int) and rest[1] > 0)):
+        return x, list(rest) + list(pooled), rest[1] if op == "reduce_window_sum" else 1, False
+    shape = [dim_mul(*rest), 1] + list(pooled)
+    return reshape(b, x, shape), shape, 1, True
 
 
 # -- select_and_scatter_add / select_and_gather_add: derivatives of max / min pooling --------
