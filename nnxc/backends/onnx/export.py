@@ -42,6 +42,7 @@ from ...ir.types import is_plain_symbol
 from ...passes.strip_jit_boundaries import strip_jit_boundaries
 from . import control, elementwise, fused, indexing, linalg, reducers, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, live_nodes, value_info
+from .layout import optimize_layout
 from .fft import PART, as_pair, boundary_type, is_complex, pair
 from .table import Refused
 from .save import INLINE_BELOW, build_initializers, write_model
@@ -254,10 +255,16 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     if ctx.failures:  # a complex output no rule left as a pair
         raise UnsupportedOpError(ctx.failures, stage=f"ONNX export (opset {opset})")
     nodes, live = _prune(ctx.pre.nodes + b.nodes, [o.name for o in outputs])
-    onnx_graph = helper.make_graph(nodes, graph.name, inputs, outputs)
+    weights = [(n, x) for n, x in weights if n in live]
+    consts = [(n, x) for n, x in ctx.initializers if n in live]
     opsets = [helper.make_opsetid("", opset)]
     if ctx.functions:
         opsets.append(helper.make_opsetid("nnxc", 1))
+    nodes, weights, consts = optimize_layout(  # Transposes cancelled, Conv biases folded
+        nodes, weights, consts, inputs, [o.name for o in outputs],
+        probes=set(value_names.values()) if value_names is not None else (),
+        opsets=opsets, functions=list(ctx.functions.values()))
+    onnx_graph = helper.make_graph(nodes, graph.name, inputs, outputs)
     for fn in ctx.functions.values():  # shared bodies: named after the function
         for node in fn.node:
             if not any(p.key == "namespace" for p in node.metadata_props):
@@ -273,8 +280,6 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
         model.doc_string = (f"Complex inputs and outputs ({', '.join(pairs)}) are real tensors with "
                             "a trailing axis of 2: [..., 0] the real part, [..., 1] the imaginary "
                             "part (complex64 as float32, complex128 as float64).")
-    weights = [(n, x) for n, x in weights if n in live]
-    consts = [(n, x) for n, x in ctx.initializers if n in live]
     if cpu_kernels:
         wrapped = fit_kernels(model, weights + consts, opset)
         if wrapped:
