@@ -218,7 +218,8 @@ def test_flatten_into_linear_keeps_the_transpose_the_reshape_needs():
     ts = transposes(model)
     assert len(ts) == 2
     made = producers(model)
-    (reshape,) = [n for n in model.graph.node if n.op_type == "Reshape" and made.get(n.input[0]) is ts[1]]
+    (reshape,) = [n for n in model.graph.node
+                  if n.op_type == "Reshape" and made.get(n.input[0]) is ts[1]]
     assert made[ts[1].input[0]].op_type == "Relu"  # bias and relu ran in NCHW, after the Conv
     assert_biases_in_convs(model)
     check_numbers(model, lambda x: m(x), (8, 8, 2))
@@ -235,7 +236,8 @@ def test_value_names_still_read_every_permuted_value():
     plain = nnxc.export_onnx(g)
     produced = {o for n in probed.graph.node for o in n.output}
     missing = [v for v in names if names[v] not in produced and v not in g.outputs
-               and v not in g.inputs and v.producer is not None and v.producer.op != "conv_general_dilated"]
+               and v not in g.inputs and v.producer is not None
+               and v.producer.op != "conv_general_dilated"]  # a Conv's own sum: bias added
     assert not missing
     extra = ops(probed) - ops(plain)
     assert set(extra) == {"Transpose"}
@@ -294,13 +296,16 @@ def _t(x, y, perm, name=None):
     ("Pad", {}, ["pads", "zero"]),
     ("Relu", {}, []),
     ("Clip", {}, ["zero", "six"]),
+    ("CumSum", {}, ["three"]),
+    ("LogSoftmax", {"axis": 2}, []),
 ])
 def test_one_input_rules_move_the_permutation_through(op, attrs, extra):
     from onnx import numpy_helper
     inits = [numpy_helper.from_array(np.asarray([1, 2], np.int64), "axes"),
              numpy_helper.from_array(np.asarray([0, 1, 0, 2, 0, 0, 1, 0], np.int64), "pads"),
              numpy_helper.from_array(np.asarray(0.0, np.float32), "zero"),
-             numpy_helper.from_array(np.asarray(0.5, np.float32), "six")]
+             numpy_helper.from_array(np.asarray(0.5, np.float32), "six"),
+             numpy_helper.from_array(np.asarray(3, np.int64), "three")]
     out_t = TensorProto.INT64 if op == "ArgMax" else TensorProto.FLOAT
     nodes = [_t("x", "a", NHWC), helper.make_node(op, ["a", *extra], ["b"], name="op", **attrs),
              _t("b", "y", NCHW)]
@@ -409,8 +414,9 @@ def test_conv_bias_folds_only_a_constant_per_output_channel(op, bias_shape, fold
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), options).run(None, {"x": X})[0]  # noqa: E731
-    np.testing.assert_allclose(run(after), run(before), rtol=1e-6, atol=1e-6)
+    got, want = (ort.InferenceSession(m.SerializeToString(), options).run(None, {"x": X})[0]
+                 for m in (after, before))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_conv_result_read_twice_keeps_its_add():
@@ -454,3 +460,19 @@ def test_elementwise_ops_the_pass_moves_compute_each_element_alike_anywhere():
             nhwc = session.run(None, {k: np.ascontiguousarray(feeds[k].transpose(NHWC))
                                       for k in ["x", "z"][:n_in]})[0]
             np.testing.assert_array_equal(nchw.transpose(NHWC), nhwc, err_msg=f"{op} {shape}")
+
+
+def test_a_permuted_value_a_subgraph_reads_by_name_is_there_before_it():
+    """An If branch reads T(x) by its name: the Transpose is materialized under that name
+    before the If, though Relu after it takes the permutation on."""
+    then = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [], [_vi("t", None)])
+    other = helper.make_graph([helper.make_node("Neg", ["a"], ["e"])], "else", [], [_vi("e", None)])
+    nodes = [_t("x", "a", NHWC), helper.make_node("Relu", ["a"], ["r"]), _t("r", "rb", NCHW),
+             helper.make_node("If", ["c"], ["branch"], then_branch=then, else_branch=other)]
+    before = _model(nodes, [_vi("x", [2, 3, 4, 5]), _vi("c", [], TensorProto.BOOL)],
+                    [_vi("rb", None), _vi("branch", None)])
+    after = _layout(before)
+    made = producers(after)
+    assert made["a"].op_type == "Transpose" and made["rb"].op_type == "Relu"
+    for c in (True, False):
+        _same_results(before, after, {"x": X, "c": np.asarray(c)})

@@ -27,12 +27,11 @@ layout.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
-from onnx import helper
 
-from .builder import host_array
+from .conv_bias import fold_conv_bias
+from .graphtools import (Consts, all_names, attr, drop_unread, fresh, new_node, once, set_attr,
+                         static_shapes, subgraph_reads)
 
 # Elementwise ops whose every element comes out the same wherever it sits in the buffer,
 # so computing them in another layout changes no bit (a zero's sign from max-like ops
@@ -57,7 +56,6 @@ _ROUNDS = {"ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "Red
            "ReduceLogSumExp", "ReduceSumSquare"}
 _ONE_AXIS = {"Softmax", "LogSoftmax", "Hardmax", "ArgMax", "ArgMin", "CumSum"}
 _DEFAULT_AXIS = {"Softmax": -1, "LogSoftmax": -1, "Hardmax": -1}  # opset >= 13; else 0
-_ANONYMOUS = re.compile(r"c\d+")  # the builder's unnamed constants
 
 
 def inverse(perm) -> list[int]:
@@ -71,124 +69,6 @@ def _identity(perm) -> bool:
     return list(perm) == list(range(len(perm)))
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _set_attr(node, name, value) -> None:
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
-def all_names(node) -> set:
-    """Every value and node name in ``node`` and its subgraphs."""
-    names = {node.name, *node.input, *node.output}
-    for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            names.update(v.name for v in [*g.input, *g.output, *g.initializer])
-            for n in g.node:
-                names |= all_names(n)
-    return names
-
-
-def subgraph_reads(node) -> set:
-    """Names the node's subgraphs (Loop / If / Scan bodies) read, their own included."""
-    names: set = set()
-    for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            names.update(o.name for o in g.output)
-            for n in g.node:
-                names.update(n.input)
-                names |= subgraph_reads(n)
-    return names
-
-
-class Consts:
-    """The model's initializers, ``(name, array)`` weights and constants, as the passes
-    read and derive them. A derived initializer (a permuted or reshaped copy) is named
-    after the one it comes from: ``<name>.folded``, or the name itself when nothing reads
-    the original any more and it was folded or unnamed already."""
-
-    def __init__(self, weights: list, consts: list, taken: set):
-        self.data = {n: (x, True) for n, x in weights}
-        self.data.update((n, (x, False)) for n, x in consts)
-        self.order = [n for n, _ in weights] + [n for n, _ in consts]
-        self.base: dict[str, str] = {}  # derived name -> the initializer it came from
-        self.taken = taken
-
-    def __contains__(self, name) -> bool:
-        return name in self.data
-
-    def array(self, name: str) -> np.ndarray:
-        return np.asarray(host_array(self.data[name][0]))
-
-    def _plain(self, name: str):
-        """The data, or its host copy when it has no numpy dtype (a PRNG key, a list)."""
-        x = self.data[name][0]
-        if hasattr(x, "shape") and hasattr(x, "dtype") and not str(x.dtype).startswith("key<"):
-            return x
-        return self.array(name)
-
-    def shape(self, name: str) -> tuple:
-        return tuple(self._plain(name).shape)
-
-    def dtype(self, name: str) -> np.dtype:
-        return np.dtype(self._plain(name).dtype)
-
-    def derive(self, name: str, array: np.ndarray) -> str:
-        base = self.base.get(name, name)
-        new = _fresh(self.taken, base if base.endswith(".folded") else f"{base}.folded")
-        self.data[new] = (np.ascontiguousarray(array), self.data[name][1])
-        self.order.append(new)
-        self.base[new] = base
-        return new
-
-    def new(self, array: np.ndarray, hint: str = "c") -> str:
-        name = _fresh(self.taken, hint)
-        self.data[name] = (np.asarray(array), False)
-        self.order.append(name)
-        return name
-
-    def finish(self, nodes: list, read: set) -> tuple[list, list]:
-        """(weights, consts) that ``nodes`` or ``read`` (outputs, subgraphs) use; a derived
-        initializer takes its original's name when that is no longer used and was a folded
-        or unnamed constant."""
-        used = set(read)
-        for node in nodes:
-            used.update(node.input)
-            used |= subgraph_reads(node)
-        rename = {}
-        for new, base in self.base.items():
-            if new in used and base not in used and base not in rename.values() \
-                    and (base.endswith(".folded") or _ANONYMOUS.fullmatch(base)):
-                rename[new] = base
-        for node in nodes:
-            for i, n in enumerate(node.input):
-                if n in rename:
-                    node.input[i] = rename[n]
-        weights, consts = [], []
-        for name in self.order:
-            if name not in used:
-                continue
-            x, weight = self.data[name]
-            (weights if weight else consts).append((rename.get(name, name), x))
-        return weights, consts
-
-
-def _fresh(taken: set, base: str) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
 # -- sink_transposes ------------------------------------------------------------------------
 
 class _Moved:
@@ -200,15 +80,17 @@ class _Moved:
 
 
 class Sinker:
-    """One forward walk; ``kept`` lists (node name, op, why) where a Transpose had to stay."""
+    """One forward walk; ``stops`` lists (node name, op, why) where a Transpose had to stay."""
 
     def __init__(self, nodes: list, consts: Consts, taken: set, keep, shapes=None):
-        self.nodes, self.consts, self.taken, self.keep = nodes, consts, taken, set(keep)
+        self.nodes, self.consts, self.taken = nodes, consts, taken
+        self.keep = list(dict.fromkeys(keep))  # in order: the nodes made for them too
+        self.keep_set = set(self.keep)
         self._shapes = shapes  # () -> {value name: static shape}, when needed
         self.moved: dict[str, _Moved] = {}
         self.made: dict[tuple, str] = {}  # (src, perm) -> the name it was materialized as
         self.out: list = []
-        self.kept: list[tuple[str, str, str]] = []
+        self.stops: list[tuple[str, str, str]] = []
         self.free: set[str] = set()  # names of the Transpose nodes dropped
         self.producer: dict[str, object] = {}  # value name -> the emitted node making it
         self.readers: dict[str, list] = {}
@@ -220,7 +102,7 @@ class Sinker:
     def run(self) -> list:
         for node in self.nodes:
             if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") \
-                    and _attr(node, "perm") is not None and self._compose(node):
+                    and attr(node, "perm") is not None and self._compose(node):
                 continue
             for name in sorted(subgraph_reads(node) & self.moved.keys()):
                 self.ensure(name)  # a body reads the outer value by its name
@@ -234,15 +116,34 @@ class Sinker:
                 if why is None:
                     continue
                 del self.out[start:]  # a rule that gave up leaves nothing behind
-                self.kept.append((node.name, node.op_type, why))
+                self.stops.append((node.name, node.op_type, why))
                 for i, n in enumerate(node.input):
                     if n in self.moved:
                         node.input[i] = self.materialize(n)
             self._append(node)
         for name in self.keep:
             if name in self.moved:
-                self.ensure(name)
+                self._rename_into(name) or self.ensure(name)
         return self.out
+
+    def _rename_into(self, name: str) -> bool:
+        """An output whose permutations cancelled is its source: the node making the source
+        makes it under the output's name (no Identity), when nothing reads the source by
+        its name from a subgraph and it is no graph input, initializer or output itself."""
+        m = self.moved[name]
+        src = m.src
+        if not _identity(m.perm) or src not in self.producer or src in self.keep_set \
+                or any(src in subgraph_reads(n) for n in self.out):
+            return False
+        for node in self.out:
+            node.input[:] = [name if n == src else n for n in node.input]
+            node.output[:] = [name if n == src else n for n in node.output]
+        self.producer[name] = self.producer.pop(src)
+        del self.moved[name]
+        for other in [k for k, v in self.moved.items() if v.src == src]:
+            self.moved[other].src = name
+        self.made = {(name if k[0] == src else k[0], k[1]): v for k, v in self.made.items()}
+        return True
 
     def _worth(self, node) -> str | None:
         """Why not to move a permutation through ``node``: its input is needed as it is
@@ -256,12 +157,12 @@ class Sinker:
             readers = self.readers.get(n, [])
             stuck = [r for r in readers if not _sinkable(r)]
             dead_ends = [r for r in readers if not _ends_well(r, self.leads)]
-            if stuck or n in self.keep or len(dead_ends) > 1:
+            if stuck or n in self.keep_set or len(dead_ends) > 1:
                 return f"{n} is needed in its own layout anyway and nothing after cancels it"
         return None
 
     def _compose(self, node) -> bool:
-        perm = tuple(_attr(node, "perm"))
+        perm = tuple(attr(node, "perm"))
         m = self.moved.get(node.input[0])
         if m is not None and len(m.perm) != len(perm):
             return False
@@ -294,9 +195,9 @@ class Sinker:
         del self.moved[name]
 
     def _emit(self, op: str, inputs: list, output: str, origin, **attrs) -> None:
-        name = origin.name if origin.name in self.free else _fresh(self.taken, origin.name)
+        name = origin.name if origin.name in self.free else fresh(self.taken, origin.name)
         self.free.discard(name)
-        self._append(_node(op, inputs, output, name, origin, **attrs))
+        self._append(new_node(op, inputs, output, name, origin, **attrs))
 
     def carry(self, node, perms: list, origin) -> None:
         """Emit ``node`` (its inputs already in the source layout); output ``i`` is its
@@ -304,7 +205,7 @@ class Sinker:
         for i, (name, perm) in enumerate(zip(node.output, perms)):
             if not name or perm is None or _identity(perm):
                 continue
-            node.output[i] = _fresh(self.taken, f"{name}.perm")
+            node.output[i] = fresh(self.taken, f"{name}.perm")
             self.moved[name] = _Moved(node.output[i], tuple(perm), origin)
         self._append(node)
 
@@ -341,9 +242,9 @@ class Sinker:
         src = self.producer.get(name)
         if src is not None and src.op_type == "Reshape" and src.domain in ("", "ai.onnx"):
             name = src.input[0]  # a reshape of a reshape: one is enough
-        out = _fresh(self.taken, f"{name}.perm")
-        self._append(_node("Reshape", [name, self.consts.new(np.asarray(new, np.int64), "shape")],
-                           out, _fresh(self.taken, f"{node.name}/reshape"), node))
+        out = fresh(self.taken, f"{name}.perm")
+        self._append(new_node("Reshape", [name, self.consts.new(np.asarray(new, np.int64), "shape")],
+                           out, fresh(self.taken, f"{node.name}/reshape"), node))
         return out, None
 
     def _append(self, node) -> None:
@@ -355,22 +256,16 @@ class Sinker:
         return next(self.moved[n] for n in node.input if n in self.moved)
 
 
-def _node(op: str, inputs: list, output: str, name: str, like, **attrs):
-    """A new node with the metadata (module path, source line) of ``like``."""
-    node = helper.make_node(op, inputs, [output], name=name, **attrs)
-    node.metadata_props.extend(like.metadata_props)
-    return node
-
-
 def _sinkable(node) -> bool:
-    return node.domain in ("", "ai.onnx") and (node.op_type == "Transpose" or node.op_type in SINK_RULES) \
+    return node.domain in ("", "ai.onnx") \
+        and (node.op_type == "Transpose" or node.op_type in SINK_RULES) \
         and not subgraph_reads(node)
 
 
 def _absorbs(node) -> bool:
     """A reduction that drops axes: what it leaves is usually in the source's order."""
     return node.op_type in _REDUCE | {"ArgMax", "ArgMin"} and node.domain in ("", "ai.onnx") \
-        and _attr(node, "keepdims", 1) == 0
+        and attr(node, "keepdims", 1) == 0
 
 
 def _ends_well(node, leads: dict) -> bool:
@@ -407,7 +302,7 @@ def _sink_elementwise(s: Sinker, node):
 
 def _axes(s: Sinker, node, rank: int):
     """The node's reduction axes (attribute or constant input 1), normalized; None: all."""
-    axes = _attr(node, "axes")
+    axes = attr(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         if node.input[1] not in s.consts:
             return None, "its axes are computed"
@@ -421,19 +316,19 @@ def _sink_reduce(s: Sinker, node):
     if any(n in s.moved for n in node.input[1:]):
         return "its axes are a permuted tensor"
     m = s.moved[node.input[0]]
-    rank, keep = len(m.perm), _attr(node, "keepdims", 1)
+    rank, keep = len(m.perm), attr(node, "keepdims", 1)
     axes, why = _axes(s, node, rank)
     if why:
         return why
     if axes is None:
-        if _attr(node, "noop_with_empty_axes", 0) or keep:
+        if attr(node, "noop_with_empty_axes", 0) or keep:
             node.input[0] = m.src
             return s.carry(node, [m.perm], m.origin)
         node.input[0] = m.src  # reduced to a scalar
         return s.carry(node, [None], m.origin)
     new = sorted(m.perm[a] for a in axes)
-    if _attr(node, "axes") is not None:
-        _set_attr(node, "axes", new)
+    if attr(node, "axes") is not None:
+        set_attr(node, "axes", new)
     else:
         node.input[1] = s.consts.new(np.asarray(new, np.int64), "axes")
     node.input[0] = m.src
@@ -457,12 +352,13 @@ def _sink_one_axis(s: Sinker, node):
         if node.input[1] not in s.consts:
             return "its axis is computed"
         axis = int(s.consts.array(node.input[1]).reshape(-1)[0]) % rank
-        node.input[1] = s.consts.new(np.asarray(m.perm[axis], s.consts.array(node.input[1]).dtype), "axis")
+        dtype = s.consts.dtype(node.input[1])
+        node.input[1] = s.consts.new(np.asarray(m.perm[axis], dtype), "axis")
     else:
-        axis = _attr(node, "axis", _DEFAULT_AXIS.get(node.op_type, 0)) % rank
-        _set_attr(node, "axis", m.perm[axis])
+        axis = attr(node, "axis", _DEFAULT_AXIS.get(node.op_type, 0)) % rank
+        set_attr(node, "axis", m.perm[axis])
     perm = m.perm
-    if node.op_type in ("ArgMax", "ArgMin") and not _attr(node, "keepdims", 1):
+    if node.op_type in ("ArgMax", "ArgMin") and not attr(node, "keepdims", 1):
         perm = _kept_perm(m.perm, [axis])
     node.input[0] = m.src
     s.carry(node, [perm], m.origin)
@@ -477,7 +373,7 @@ def _sink_concat(s: Sinker, node):
             return why
         ins.append(new)
     node.input[:] = ins
-    _set_attr(node, "axis", m.perm[_attr(node, "axis") % len(m.perm)])
+    set_attr(node, "axis", m.perm[attr(node, "axis") % len(m.perm)])
     s.carry(node, [m.perm], m.origin)
 
 
@@ -505,15 +401,17 @@ def _sink_pad(s: Sinker, node):
     s.carry(node, [m.perm], m.origin)
 
 
-SINK_RULES = {op: _sink_elementwise for op in [*EXACT_ELEMENTWISE, *KERNEL_ELEMENTWISE, *_SCALAR_INPUTS]}
+SINK_RULES = {op: _sink_elementwise
+              for op in [*EXACT_ELEMENTWISE, *KERNEL_ELEMENTWISE, *_SCALAR_INPUTS]}
 SINK_RULES.update({op: _sink_reduce for op in _REDUCE})
 SINK_RULES.update({op: _sink_one_axis for op in _ONE_AXIS})
 SINK_RULES.update(Concat=_sink_concat, Pad=_sink_pad)
 
 
-def sink_transposes(nodes: list, consts: Consts, taken: set, keep, shapes=None) -> tuple[list, Sinker | None]:
+def sink_transposes(nodes: list, consts: Consts, taken: set, keep,
+                    shapes=None) -> tuple[list, Sinker | None]:
     """``nodes`` with Transposes moved down and cancelled (see the module docstring), and
-    the Sinker (its ``kept``: where a permuted value had to stop, and why); the original
+    the Sinker (its ``stops``: where a permuted value had to stop, and why); the original
     nodes and None if moving them would leave more Transposes. ``keep``: names (graph
     outputs) that must hold their value as they are; ``shapes``: a function returning
     {value name: static shape} (ONNX shape inference), called when an operand needs it."""
@@ -526,116 +424,6 @@ def sink_transposes(nodes: list, consts: Consts, taken: set, keep, shapes=None) 
     out = s.run()
     count = lambda ns: sum(n.op_type == "Transpose" for n in ns)  # noqa: E731
     return (out, s) if count(out) <= count(nodes) else (nodes, None)
-
-
-# -- fold_conv_bias -------------------------------------------------------------------------
-
-def fold_conv_bias(nodes: list, consts: Consts, keep: set, shapes=None) -> list:
-    """``Add(Conv(x, w), b)`` -> ``Conv(x, w, b)`` when ``b`` is one number per output channel
-    (shape [C, 1, 1] or [1, C, 1, 1]) and nothing else reads the Conv's result: a constant
-    (a scalar too; ``Sub(Conv(x, w), b)`` takes ``-b``) becomes a [C] initializer, another
-    value (a bias variable reshaped) a [C] Reshape of it. The Conv moves to the Add's place.
-    ``shapes``: as for ``sink_transposes``, for the shapes of values that are not constants."""
-    producer, readers = {}, {}
-    for node in nodes:
-        for o in node.output:
-            producer[o] = node
-        for n in set(node.input) | subgraph_reads(node):
-            readers[n] = readers.get(n, 0) + 1
-    at: dict[int, list] = {}  # id(Add) -> the nodes that replace it; a moved Conv -> []
-    for node in nodes:
-        if node.op_type not in ("Add", "Sub") or node.domain not in ("", "ai.onnx"):
-            continue
-        for y, b in [node.input] if node.op_type == "Sub" else [node.input, node.input[::-1]]:
-            conv = producer.get(y)
-            if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") \
-                    or len(conv.input) > 2 or readers.get(y) != 1 or y in keep:
-                continue
-            made = _channel_bias(consts, conv, b, node, producer, shapes)
-            if made is None:
-                continue
-            bias, pre = made
-            fused = type(conv)()
-            fused.CopyFrom(conv)  # the caller's nodes stay as they were
-            fused.input.append(bias)
-            fused.output[0] = node.output[0]
-            at[id(node)], at[id(conv)] = [*pre, fused], []
-            break
-    return [m for n in nodes for m in at.get(id(n), [n])]
-
-
-def _channel_bias(consts: Consts, conv, b: str, add, producer: dict, shapes):
-    """``b`` as the Conv's bias input: (name, nodes computing it), or None when it is not one
-    number per output channel."""
-    w = conv.input[1]
-    if w in consts:
-        wshape, wtype = consts.shape(w), consts.dtype(w)
-    else:
-        wshape, wtype = (shapes() if shapes else {}).get(w), None
-    if not wshape:
-        return None
-    rank, channels = len(wshape), wshape[0]
-
-    def per_channel(shape) -> bool:
-        full = (1,) * (rank - len(shape)) + tuple(shape)
-        return len(shape) <= rank and all(d == 1 for i, d in enumerate(full) if i != 1)
-    if b in consts:
-        a = consts.array(b)
-        if (wtype is not None and a.dtype != wtype) or not per_channel(a.shape) \
-                or a.reshape(-1).shape[0] not in (1, channels):
-            return None
-        bias = np.broadcast_to(a.reshape(-1), (channels,))
-        return consts.derive(b, -bias if add.op_type == "Sub" else bias.copy()), []
-    shape = (shapes() if shapes else {}).get(b)
-    if add.op_type == "Sub" or shape is None or not per_channel(shape) or int(np.prod(shape)) != channels:
-        return None
-    src = producer.get(b)
-    if src is not None and src.op_type == "Reshape" and src.domain in ("", "ai.onnx"):
-        b = src.input[0]  # a [C] variable reshaped to [1, C, 1, 1]: reshaped once instead
-    name = _fresh(consts.taken, f"{b}.bias")
-    shape_c = consts.new(np.asarray([channels], np.int64), "shape")
-    return name, [_node("Reshape", [b, shape_c], name, _fresh(consts.taken, f"{conv.name}/bias"), add)]
-
-
-def _once(fn):
-    """``fn`` called at most once, when first needed."""
-    got = []
-    return lambda: got[0] if got else got.append(fn()) or got[0]
-
-
-def _drop_unread(nodes: list, outputs: set) -> list:
-    """``nodes`` without those whose results nothing reads (a Reshape replaced by another)."""
-    read, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in read for o in node.output):
-            kept.append(node)
-            read.update(node.input)
-            read |= subgraph_reads(node)
-    return kept[::-1]
-
-
-def static_shapes(nodes: list, inputs: list, store: Consts, opsets=(), functions=()) -> dict:
-    """{value name: shape} for the values ONNX shape inference gives a static shape."""
-    from onnx import numpy_helper, shape_inference
-    small = [n for n in store.data if np.issubdtype(store.dtype(n), np.integer)
-             and int(np.prod(store.shape(n))) <= 64]  # shapes, axes: inference reads them
-    infos = list(inputs) + [helper.make_tensor_value_info(
-        n, helper.np_dtype_to_tensor_dtype(store.dtype(n)), store.shape(n))
-        for n in store.data if n not in small]
-    graph = helper.make_graph(nodes, "shapes", infos, [],
-                              [numpy_helper.from_array(store.array(n), n) for n in small])
-    model = helper.make_model(graph, functions=list(functions),
-                              **({"opset_imports": list(opsets)} if opsets else {}))
-    try:
-        inferred = shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - no shapes: operands stay as they are
-        return {}
-    out = {}
-    for v in inferred.graph.value_info:
-        t = v.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            out[v.name] = tuple(d.dim_value for d in t.shape.dim)
-    return out
 
 
 def optimize_layout(nodes: list, weights: list, consts: list, inputs: list, outputs: list,
@@ -652,16 +440,17 @@ def optimize_layout(nodes: list, weights: list, consts: list, inputs: list, outp
     taken.update(n for n, _ in weights)
     taken.update(n for n, _ in consts)
     store = Consts(weights, consts, taken)
+
     def shapes(ns):  # inferred once, if a rule asks
-        return _once(lambda: static_shapes(ns, inputs, store, opsets, functions))
+        return once(lambda: static_shapes(ns, inputs, store, opsets, functions))
     sinker = None
     if any(n.op_type == "Transpose" for n in nodes):
         nodes, sinker = sink_transposes(nodes, store, taken, outputs, shapes(nodes))
-    nodes = _drop_unread(fold_conv_bias(nodes, store, set(outputs), shapes(nodes)), set(outputs))
+    nodes = drop_unread(fold_conv_bias(nodes, store, set(outputs), shapes(nodes)), set(outputs))
     if sinker is not None and probes:
         there = set(names) | set(store.data) | {o for n in nodes for o in n.output}
         sinker.out = nodes
-        for name in probes:
+        for name in sorted(probes):
             if name in sinker.moved and sinker.moved[name].src in there:
                 sinker.ensure(name)
     weights, consts = store.finish(nodes, set(outputs))
