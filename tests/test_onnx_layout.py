@@ -225,23 +225,34 @@ def test_flatten_into_linear_keeps_the_transpose_the_reshape_needs():
     check_numbers(model, lambda x: m(x), (8, 8, 2))
 
 
-def test_value_names_still_read_every_permuted_value():
-    """``export_onnx(value_names=...)`` (per-module checks) keeps each value the layout pass
-    permuted readable by name, by a Transpose that nothing else reads; the graph the
-    outputs come from is the same as without."""
+def test_value_names_say_how_to_read_each_permuted_value():
+    """``export_onnx(value_names=...)`` (per-module checks) gives the same model; a value the
+    layout pass left permuted has a ``Permuted`` name: the model holds its source, and
+    Transpose(source, perm) is the value, as JAX computes it."""
+    from nnxc.backends.onnx.layout import Permuted
+    from nnxc.runtime.permodule import xla_values
     m = bm.resnet(stages=(1,), width=4, classes=3)
     g = nnxc.optimize(nnxc.trace(m, "f32[B,16,16,3]"), "inference")
     names: dict = {}
-    probed = nnxc.export_onnx(g, value_names=names)
-    plain = nnxc.export_onnx(g)
-    produced = {o for n in probed.graph.node for o in n.output}
-    missing = [v for v in names if names[v] not in produced and v not in g.outputs
-               and v not in g.inputs and v.producer is not None
-               and v.producer.op != "conv_general_dilated"]  # a Conv's own sum: bias added
-    assert not missing
-    extra = ops(probed) - ops(plain)
-    assert set(extra) == {"Transpose"}
-    assert ops(plain)["Transpose"] == 2
+    model = nnxc.export_onnx(g, value_names=names)
+    assert model.SerializeToString() == nnxc.export_onnx(g).SerializeToString()
+    produced = {o for n in model.graph.node for o in n.output}
+    permuted = {v: n for v, n in names.items() if isinstance(n, Permuted)}
+    assert len(permuted) >= 5 and all(n.source in produced for n in permuted.values())
+    values = [v for node in g.nodes for v in node.outputs]
+    missing = [v for v in values if names[v] not in produced and v not in permuted
+               and v not in g.outputs and v.producer.op != "conv_general_dilated"]
+    assert not missing  # (a Conv's own sum is gone: the bias is added inside the Conv)
+    wanted = [v for v in values if v in permuted]
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(helper.make_tensor_value_info(permuted[v].source, TensorProto.FLOAT, None)
+                             for v in wanted)
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    got = onnx_session(copy).run([permuted[v].source for v in wanted], {"images": x})
+    _, want = xla_values(g, wanted, [x])
+    for v, a, w in zip(wanted, got, want):
+        assert_close(a.transpose(permuted[v].perm), np.asarray(w), str(v))
 
 
 # -- the pass on hand-built graphs ----------------------------------------------------------

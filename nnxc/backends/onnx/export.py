@@ -13,6 +13,11 @@ imaginary part; c64 -> f32[..., 2], c128 -> f64[..., 2]), the layout nnxc comput
 and output says so in its ``doc_string``, the model in its ``doc_string`` and in the
 metadata key ``nnxc.complex_as_pairs`` (the names, comma-separated).
 
+After lowering, ``layout.py`` moves the layout Transposes of NHWC convolutions down the
+graph until they cancel (an NHWC conv net keeps one in and one out) and ``conv_bias.py``
+makes each per-channel Add after a Conv its bias input: the same function, graph inputs and
+outputs unchanged, in the form onnxruntime's Conv fusions match.
+
 Every node carries ``metadata_props`` (what ``node_metadata`` returns): ``namespace``, the
 module path of the IR node it was lowered from as torch.onnx writes it (levels joined by
 ``/`` under the graph name, so Model Explorer builds its layer tree from it: ``GPT/blocks.0/
@@ -42,7 +47,7 @@ from ...ir.types import is_plain_symbol
 from ...passes.strip_jit_boundaries import strip_jit_boundaries
 from . import control, elementwise, fused, indexing, linalg, reducers, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, live_nodes, value_info
-from .layout import optimize_layout
+from .layout import Permuted, optimize_layout
 from .fft import PART, as_pair, boundary_type, is_complex, pair
 from .table import Refused
 from .save import INLINE_BELOW, build_initializers, write_model
@@ -182,7 +187,10 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     ``onnx.checker.check_model(full_check=True)`` (strict shape inference included) on the
     graph with its weights declared as typed inputs, before the weights are added.
     ``value_names``: a dict to fill with the ONNX name of each top-level IR value (before
-    graph outputs are renamed; ``nnxc.runtime.permodule`` reads intermediates by them).
+    graph outputs are renamed; ``nnxc.runtime.permodule`` reads intermediates by them); a
+    value the layout pass left permuted (the model holds its NCHW source) has a
+    ``layout.Permuted`` name: ``Transpose(name.source, name.perm)`` is the value. The model
+    is the same with or without ``value_names``.
     ``cpu_kernels``: fit the model to onnxruntime's CPU provider (``fit_kernels``): f16/bf16
     nodes it has no kernel for are computed in f32 and rounded back, and nodes it still
     cannot run warn (``OnnxKernelWarning``). False keeps every node in its own dtype, for
@@ -260,10 +268,13 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     opsets = [helper.make_opsetid("", opset)]
     if ctx.functions:
         opsets.append(helper.make_opsetid("nnxc", 1))
+    permuted: dict = {}
     nodes, weights, consts = optimize_layout(  # Transposes cancelled, Conv biases folded
         nodes, weights, consts, inputs, [o.name for o in outputs],
-        probes=set(value_names.values()) if value_names is not None else (),
-        opsets=opsets, functions=list(ctx.functions.values()))
+        permuted=permuted, opsets=opsets, functions=list(ctx.functions.values()))
+    if value_names is not None:  # a value the model holds permuted says how to read it
+        value_names.update([(v, Permuted(n, *permuted[n])) for v, n in value_names.items()
+                            if n in permuted])
     onnx_graph = helper.make_graph(nodes, graph.name, inputs, outputs)
     for fn in ctx.functions.values():  # shared bodies: named after the function
         for node in fn.node:

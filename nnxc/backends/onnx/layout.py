@@ -426,13 +426,25 @@ def sink_transposes(nodes: list, consts: Consts, taken: set, keep,
     return (out, s) if count(out) <= count(nodes) else (nodes, None)
 
 
+class Permuted(str):
+    """The ONNX name of a value the layout pass moved: the model does not hold it, but
+    holds ``source``, and the value is ``Transpose(source, perm)``. (``export_onnx``'s
+    ``value_names`` gives such names, so readers of intermediates can transpose them back.)"""
+
+    def __new__(cls, name: str, source: str, perm):
+        out = super().__new__(cls, name)
+        out.source, out.perm = source, tuple(int(p) for p in perm)
+        return out
+
+
 def optimize_layout(nodes: list, weights: list, consts: list, inputs: list, outputs: list,
-                    probes=(), opsets=(), functions=()) -> tuple[list, list, list]:
+                    permuted: dict | None = None, opsets=(), functions=()) -> tuple[list, list, list]:
     """The passes above on an exported graph: returns (nodes, weights, consts) with only the
     initializers still read. ``inputs``: the graph inputs' ValueInfos; ``outputs``: graph
-    output names (kept, with their layout); ``probes``: other value names to keep readable,
-    when they still exist, by Transposes nothing else reads (``export_onnx(value_names=...)``);
-    ``opsets``, ``functions``: the model's, for shape inference."""
+    output names (kept, with their layout); ``permuted``: a dict to fill with the values
+    the model no longer holds as such, ``{name: (source, perm)}``: the value is
+    ``Transpose(source, perm)`` and the model holds ``source``; ``opsets``, ``functions``:
+    the model's, for shape inference. The model is the same whether ``permuted`` is asked."""
     names = [i.name for i in inputs]
     taken = set(names) | set(outputs)
     for node in nodes:
@@ -447,11 +459,9 @@ def optimize_layout(nodes: list, weights: list, consts: list, inputs: list, outp
     if any(n.op_type == "Transpose" for n in nodes):
         nodes, sinker = sink_transposes(nodes, store, taken, outputs, shapes(nodes))
     nodes = drop_unread(fold_conv_bias(nodes, store, set(outputs), shapes(nodes)), set(outputs))
-    if sinker is not None and probes:
-        there = set(names) | set(store.data) | {o for n in nodes for o in n.output}
-        sinker.out = nodes
-        for name in sorted(probes):
-            if name in sinker.moved and sinker.moved[name].src in there:
-                sinker.ensure(name)
     weights, consts = store.finish(nodes, set(outputs))
+    if sinker is not None and permuted is not None:
+        there = set(names) | {n for n, _ in weights + consts} | {o for n in nodes for o in n.output}
+        permuted.update((name, (m.src, m.perm)) for name, m in sinker.moved.items()
+                        if m.src in there and name not in there and not _identity(m.perm))
     return nodes, weights, consts
