@@ -305,10 +305,10 @@ def _nnx_reference(model: nnx.Module, method: str, kwargs: dict, kw) -> Callable
 
     @jax.jit
     def run(leaves, *args):
+        given = {id(x) for x in leaves}  # a variable the call leaves alone keeps its array
         m = nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, leaves))
         pos, kwa = kw.split(args)
         out = getattr(m, method)(*pos, **kwargs, **kwa)
-        given = {id(x) for x in leaves}
         return out, [x for x in jax.tree_util.tree_leaves(nnx.state(m)) if id(x) not in given]
 
     def reference(*args, **kwa):

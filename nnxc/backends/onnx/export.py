@@ -47,6 +47,7 @@ from ...ir.types import is_plain_symbol
 from ...passes.strip_jit_boundaries import strip_jit_boundaries
 from . import control, elementwise, fused, indexing, linalg, reducers, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, live_nodes, value_info
+from .graphtools import fresh as _fresh
 from .layout import Permuted, optimize_layout
 from .fft import PART, as_pair, boundary_type, is_complex, pair
 from .table import Refused
@@ -510,14 +511,6 @@ def _node_names(g) -> set:
         for sub in _subgraphs(node):
             names |= _node_names(sub)
     return names
-
-
-def _fresh(taken: set, base: str) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
 
 
 def _fit_graph(g, types: dict, taken: set, opset: int, missing: dict, wrapped: dict) -> None:
