@@ -246,3 +246,18 @@ def test_cli_per_module_and_repro_need_check_on_export(tmp_path):
         assert r.returncode == 2
         assert r.stderr.strip() == f"nnxc: error: {flag[0]} needs --check"
         assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "r").exists()
+
+
+def test_conv_net_modules_compare_on_onnx_through_the_layout_pass():
+    """The ONNX layout pass leaves a conv net's intermediates in NCHW; per-module rows read
+    each one from its NCHW source and transpose it back, so every module still compares."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import bench_models as bm
+    m = bm.resnet(stages=(1,), width=4, classes=3)
+    g = nnxc.optimize(nnxc.trace(m, "f32[B,16,16,3]"), "default")
+    report = nnxc.crosscheck(g, sizes=(2,), per_module=True)
+    assert report.ok
+    rows = [r for r in report.modules.rows if r["backend"] == "onnx"]
+    assert {r["path"] for r in rows} >= {"stem", "stem_bn", "blocks.0.conv1", "blocks.0.bn2", "fc"}
+    assert all(r["ok"] and not r["note"] for r in rows), [(r["path"], r["note"]) for r in rows]
+    assert all(0 < r["rel"] < 1e-5 for r in rows if r["path"] != "fc")  # real NCHW values compared

@@ -159,19 +159,24 @@ def onnx_values(graph: Graph, model, value_names: dict, wanted: list[Value], fla
         name = value_names.get(v)
         if name is not None and name not in produced:
             renamed.setdefault(name, final)
-    where: list[tuple[str, str] | None] = []
+    where: list[tuple[str, str, tuple | None] | None] = []
     extra: dict[str, Value] = {}
     for v in wanted:
         name = value_names.get(v)
+        # the layout pass may leave a value permuted: the model holds its source, and the
+        # value is the source transposed by ``perm``
+        perm = getattr(name, "perm", None)
+        if perm is not None:
+            name = name.source
         if name is None:
             where.append(None)
         elif name in feeds:
-            where.append(("feed", name))
+            where.append(("feed", name, perm))
         elif name in inits:
-            where.append(("init", name))
+            where.append(("init", name, perm))
         elif name in produced or name in renamed:
             name = renamed.get(name, name) if name not in produced else name
-            where.append(("out", name))
+            where.append(("out", name, perm))
             if name not in finals:
                 extra.setdefault(name, v)
         else:
@@ -187,12 +192,15 @@ def onnx_values(graph: Graph, model, value_names: dict, wanted: list[Value], fla
     for w in where:
         if w is None:
             out.append(None)
-        elif w[0] == "feed":
-            out.append(np.asarray(feeds[w[1]]))
-        elif w[0] == "init":
-            out.append(numpy_helper.to_array(inits[w[1]]))
+            continue
+        kind, name, perm = w
+        if kind == "feed":
+            x = np.asarray(feeds[name])
+        elif kind == "init":
+            x = numpy_helper.to_array(inits[name])
         else:
-            out.append(np.asarray(got[w[1]]))
+            x = np.asarray(got[name])
+        out.append(x if perm is None else np.transpose(x, perm))
     return out
 
 
