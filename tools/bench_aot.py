@@ -13,7 +13,14 @@ Per model, one table row each:
   one-time backend and compiler warm-up during construction, so it flatters the jit path
 - latency: the loaded artifact vs ``jax.jit`` of the model (median of ``--runs`` >= 20 calls
   each, interleaved; ``art/jit`` is the median of per-round ratios), and ``nnxc.compile``'s
-  executable for reference. Target: artifact / jit <= 1.02.
+  executable: ``exe/jit`` (median of per-round ratios) and ``exe-jit``, the median extra
+  time per call in microseconds. Targets (issue 11): artifact / jit and exe / jit <= 1.02,
+  exe - jit <= 5 us.
+
+``--memory`` measures instead ``nnxc.save`` and ``nnxc.load`` of a > 2 GB model (an MLP of
+10 Linear(8192, 8192) layers, 2.5 GiB of f32), each in a fresh process: the peak resident
+memory while saving (the model already traced, so its weights are held) and while loading
+(from a process holding nothing), as multiples of the weights. Target: <= 1.1x each.
 """
 from __future__ import annotations
 
@@ -126,6 +133,8 @@ def latency(art, jitted, state, exe, x, runs: int) -> dict:
             times[k].append(time.perf_counter() - t0)
     out = {f"lat_{k}": statistics.median(v) for k, v in times.items()}
     out["lat_ratio"] = statistics.median(a / j for a, j in zip(times["art"], times["jit"]))
+    out["exe_ratio"] = statistics.median(e / j for e, j in zip(times["exe"], times["jit"]))
+    out["exe_extra"] = statistics.median(e - j for e, j in zip(times["exe"], times["jit"]))
     return out
 
 
@@ -165,20 +174,98 @@ COLUMNS = [  # header, width, format of a row dict
     ("lat jit", 9, lambda r: f"{1e6 * r['lat_jit']:.0f}us"),
     ("art/jit", 7, lambda r: f"{r['lat_ratio']:.3f}"),
     ("lat exe", 9, lambda r: f"{1e6 * r['lat_exe']:.0f}us"),
+    ("exe/jit", 7, lambda r: f"{r['exe_ratio']:.3f}"),
+    ("exe-jit", 8, lambda r: f"{1e6 * r['exe_extra']:+.1f}us"),
 ]
+
+
+# -- --memory: save and load of a > 2 GB model ----------------------------------------------
+
+_BIG_LAYERS, _BIG_WIDTH = 10, 8192
+
+
+def big_model():
+    """An MLP of ``_BIG_LAYERS`` Linear(8192, 8192) layers: 2.5 GiB of f32 weights (drawn
+    from an ``rbg`` key, which XLA compiles and runs far faster than threefry)."""
+    class Big(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(_BIG_WIDTH, _BIG_WIDTH, rngs=rngs)
+                                    for _ in range(_BIG_LAYERS)])
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = jax.nn.relu(layer(x))
+            return x
+    return Big(nnx.Rngs(0, params=jax.random.key(0, impl="rbg")))
+
+
+def _status() -> dict:
+    with open("/proc/self/status") as f:
+        return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f
+                if line.startswith(("VmRSS", "VmHWM"))}
+
+
+def memory_child(mode: str, path: str) -> None:
+    """In a fresh process: the peak resident memory of ``save`` (``mode == "save"``) or
+    ``load``, and the weights' bytes, as JSON."""
+    jax.device_put(np.ones(4)).block_until_ready()  # the CPU client exists before measuring
+    if mode == "save":
+        graph = nnxc.trace(big_model(), f"f32[B,{_BIG_WIDTH}]")
+        weights = sum(v.data.nbytes for v in graph.variables)
+        jax.block_until_ready([v.data for v in graph.variables])
+        base = _status()["VmRSS"] - weights  # what the process holds besides the weights
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak starts again from here
+        t0 = time.perf_counter()
+        nnxc.save(graph, path)
+    else:
+        base = _status()["VmRSS"]
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        t0 = time.perf_counter()
+        art = nnxc.load(path)
+        jax.block_until_ready(list(art.state.values()))
+        weights = sum(x.nbytes for x in art.state.values())
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"peak": _status()["VmHWM"] - base, "weights": weights, "seconds": seconds}))
+
+
+def memory(folder: str) -> None:
+    path = os.path.join(folder, "big.nnxc")
+    rows = {}
+    for mode in ("save", "load"):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", mode, path], check=True,
+                             capture_output=True, text=True)
+        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    weights = rows["save"]["weights"]
+    print(f"> 2 GB model: MLP of {_BIG_LAYERS} Linear({_BIG_WIDTH}, {_BIG_WIDTH}), "
+          f"{weights / 2**30:.2f} GiB of weights, artifact {os.path.getsize(path) / 2**30:.2f} GiB")
+    print("| step | seconds | peak resident memory (process baseline excluded) | / weights | target |")
+    print("|---|---:|---:|---:|---|")
+    for mode, row in rows.items():
+        r = row["peak"] / weights
+        print(f"| nnxc.{mode} | {row['seconds']:.1f} | {row['peak'] / 2**30:.2f} GiB | {r:.2f}x | "
+              f"{'✓' if r <= 1.1 else '✗'} (<= 1.1x) |")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         mode, name, d_model, path = sys.argv[2:6]
         return child(mode, name, int(d_model), path)
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        return memory_child(*sys.argv[2:4])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depths", default="1,4", help="GPT depths (full run: 1,2,4,8,16,32)")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--no-cnn", action="store_true")
     ap.add_argument("--runs", type=int, default=50, help="latency calls per path (>= 20)")
     ap.add_argument("--repeat", type=int, default=3, help="build timings per path")
+    ap.add_argument("--memory", action="store_true",
+                    help="instead: save/load peak memory of a > 2 GB model (Linux)")
     args = ap.parse_args()
+    if args.memory:
+        with tempfile.TemporaryDirectory() as folder:
+            return memory(folder)
     names = [f"gpt-{d}" for d in args.depths.split(",") if d] + ([] if args.no_cnn else ["cnn"])
     print(" ".join(f"{h:>{w}}" for h, w, _ in COLUMNS), flush=True)
     with tempfile.TemporaryDirectory() as folder:
