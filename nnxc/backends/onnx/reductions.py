@@ -187,8 +187,7 @@ def _reduce_window(b, node, xs):
             x = pad_op(b, x, [0, 0] + lo, [0, 0] + hi, ident, work)
         y = b.op("MaxPool", x, **kw)
         if t.startswith(("f", "bf")) and "pads" in kw and _never_neg_inf(node):
-            nan = b.op("MaxPool", b.cast(b.op("IsNaN", x), "bool", work), **kw)  # 1: a NaN in it
-            y = b.where(b.op("Greater", nan, b.scalar(0, work)), b.scalar(np.nan, work), y)
+            y = _put_nan_back(b, x, y, shape, kw, work)
         elif t.startswith(("f", "bf")):  # per window: 2 if a NaN, 0 if all -inf, else 1
             cls = b.op("Add", b.cast(b.op("IsNaN", x), "bool", work),
                        b.cast(b.op("Not", b.op("IsInf", x, detect_positive=0)), "bool", work))
@@ -215,12 +214,35 @@ def _windows_hold_input(node, pooled: list, lo: list, hi: list) -> bool:
 
 
 def _never_neg_inf(node) -> bool:
-    """The pooled input is ``max(x, c)`` with a finite ``c`` (a relu): never -inf."""
+    """The pooled input is ``max(x, c)`` with ``|c| <= 1e30`` (a relu): never -inf, and a
+    window's sum (at most 2**20 elements) never overflows to -inf."""
     from ...passes.rewrite import splat
     p = node.inputs[0].producer
     if node.op != "reduce_window_max" or p is None or p.op != "max":
         return False
-    return any(c is not None and np.isfinite(c) for c in map(splat, p.inputs))
+    if int(np.prod(node.attrs["window_dimensions"])) > 2 ** 20:
+        return False
+    return any(c is not None and abs(c) <= 1e30 for c in map(splat, p.inputs))
+
+
+def _put_nan_back(b, x: str, y: str, shape: list, kw: dict, work: str) -> str:
+    """MaxPool's result ``y`` with NaN where ``x``'s window holds one, for an ``x`` that is
+    never -inf. The window's average is NaN exactly there (its other values are finite or
+    +inf, whose sums are too); tanh maps it into [-1, 1] or NaN, and a depthwise 1x1 Conv
+    of zeros into 0 or NaN, which is added. Every op here (AveragePool, Tanh, Conv, Add)
+    has an NCHWc form in onnxruntime, so a conv net's pooling stays in its blocked layout
+    (an IsNaN / Where guard sent it back to NCHW: 10 layout reorders in ResNet-18). Not
+    f32 (onnxruntime's CPU Conv is f32 only) or channels not known: a max pool of IsNaN
+    and a Where."""
+    channels = shape[1]
+    if work != "f32" or not isinstance(channels, int) or channels < 1:
+        nan = b.op("MaxPool", b.cast(b.op("IsNaN", x), "bool", work), **kw)  # 1: a NaN in it
+        return b.where(b.op("Greater", nan, b.scalar(0, work)), b.scalar(np.nan, work), y)
+    # (MaxPool pads by itself only without dilation: AveragePool takes the rest as it is)
+    mean = b.op("AveragePool", x, **{k: v for k, v in kw.items() if k != "dilations"})
+    zeros = b.const(np.zeros([channels, 1, 1, 1], dtype=to_dtype(work)))
+    nan_or_zero = b.op("Conv", b.op("Tanh", mean), zeros, group=channels if channels > 1 else None)
+    return b.op("Add", y, nan_or_zero)
 
 
 def _pool_frame(b, x: str, rest: list, pooled: list, op: str):
