@@ -13,8 +13,11 @@
     nnxc.softmax(x) {axis}                         jax.nn.softmax over one axis
     nnxc.attention(q, k, v[, mask]) {scale}        softmax(scale * q.k^T, masked) . v with
                                                    q [B,T,N,H], k [B,S,K,H], v [B,S,K,Hv]
-                                                   (N = K*G), mask bool broadcastable to
-                                                   [B,N,T,S]; result [B,T,N,Hv]
+                                                   (N = K*G: query head n reads key head
+                                                   n // G), mask bool broadcastable to
+                                                   [B,N,T,S] (False: not attended) or a
+                                                   bias of q's dtype added to the scaled
+                                                   logits; result [B,T,N,Hv]
                                                    (jax.nn.dot_product_attention)
 
 Each has an XLA lowering in ``backends/xla/fused.py`` (and an ONNX one in ``backends/onnx``).
@@ -129,8 +132,9 @@ def _attention(node, ins, env):
     if len(ins) == 4:
         m = ins[3]
         want = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-        if m.dtype != "bool" or m.rank != 4 or not all(a == 1 or a == b for a, b in zip(m.shape, want)):
-            raise ShapeError(f"mask {m} must be bool and broadcast to {list(want)}")
+        if m.dtype not in ("bool", q.dtype) or m.rank != 4 \
+                or not all(a == 1 or a == b for a, b in zip(m.shape, want)):
+            raise ShapeError(f"mask {m} must be bool (or a {q.dtype} bias) and broadcast to {list(want)}")
     if not isinstance(node.attrs.get("scale"), float):
         raise ShapeError("nnxc.attention needs a float scale")
     return [TensorType(tuple(q.shape[:3]) + (v.shape[3],), q.dtype)]

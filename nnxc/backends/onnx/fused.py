@@ -103,9 +103,17 @@ def _attention(b, node, xs):
     q, k, v = (x.type for x in node.inputs[:3])
     scale = node.attrs["scale"]
     mask = xs[3] if len(xs) > 3 else None
+    boolean = mask is not None and node.inputs[3].type.dtype == "bool"
+    # a finite large negative number where masked: a fully masked row averages v, as in jax
+    # (onnxruntime's Attention gives 0 there for a boolean mask, or for a finfo.min bias)
+    big = -0.7 * float(np.finfo(np.float32).max)
     if b.opset >= 23:  # 3-D inputs [B,T,N*H]: reshapes (free) instead of transposes
         q3, k3, v3 = (b.reshape(x, [*t.shape[:2], _mul(t.shape[2], t.shape[3])])
                       for x, t in zip(xs[:3], (q, k, v)))
+        if boolean:
+            mask = b.op("Where", mask, b.scalar(0.0, q.dtype), b.scalar(big, q.dtype))
+        elif mask is not None:  # finfo.min -> big: the row stays an average in onnxruntime
+            mask = b.op("Max", mask, b.scalar(big, q.dtype))
         out = b.op("Attention", q3, k3, v3, *([mask] if mask else []), scale=scale,
                    q_num_heads=q.shape[2], kv_num_heads=k.shape[2])
         return b.reshape(out, [*q.shape[:3], v.shape[3]])
@@ -119,9 +127,8 @@ def _attention(b, node, xs):
     logits = b.op("Mul", b.op("MatMul", q5, k5), b.scalar(scale, q.dtype))
     if mask is not None:
         m = node.inputs[3].type.shape
-        m5 = [m[0], heads if m[1] != 1 else 1, groups if m[1] != 1 else 1, m[2], m[3]]
-        big = -0.7 * float(np.finfo(np.float32).max)
-        logits = b.op("Where", b.reshape(mask, m5), logits, b.scalar(big, q.dtype))
+        m5 = b.reshape(mask, [m[0], heads if m[1] != 1 else 1, groups if m[1] != 1 else 1, m[2], m[3]])
+        logits = b.op("Where", m5, logits, b.scalar(big, q.dtype)) if boolean else b.op("Add", logits, m5)
     out = b.op("MatMul", b.op("Softmax", logits, axis=-1), v5)  # [B,K,G,T,Hv]
     out = b.transpose(out, [0, 3, 1, 2, 4])
     return b.reshape(out, [batch, t, n, v.shape[3]])

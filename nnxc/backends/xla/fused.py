@@ -77,5 +77,6 @@ def _softmax(node, args, dims):
 def _attention(node, args, dims):
     q, k, v = args[:3]
     mask = args[3] if len(args) > 3 else None
-    return [jax.nn.dot_product_attention(q, k, v, mask=mask, scale=node.attrs["scale"],
-                                         implementation="xla")]
+    bias = mask if mask is not None and mask.dtype != bool else None  # added to the scaled logits
+    return [jax.nn.dot_product_attention(q, k, v, bias=bias, mask=None if bias is not None else mask,
+                                         scale=node.attrs["scale"], implementation="xla")]
