@@ -9,21 +9,29 @@
 
 Runs after fuse-softmax. Matched by following each dim's role (batch, query, key, heads,
 head dim) through the two dots, the transposes and the grouped-query reshapes, so it finds
-jax.nn.dot_product_attention's XLA form (what flax.nnx.MultiHeadAttention produces) and
-hand-written einsum attention alike. q, k, v must be [B,T,N,H], [B,S,K,H], [B,S,K,H];
-a mask must select a large finite negative number (as jax and flax do); a bias is not fused.
+jax.nn.dot_product_attention's XLA form (what flax.nnx.MultiHeadAttention produces),
+hand-written einsum attention, and the Hugging Face Flax / flax.linen
+``dot_product_attention_weights`` form: q (or k) scaled by a constant before the dot, an
+additive bias, keys and values repeated per query group with ``jnp.repeat`` (GQA).
+q, k, v must be [B,T,N,H], [B,S,K,H], [B,S,K,H]. A mask must select a large finite negative
+number (as jax and flax do); an additive ``select(mask, 0, big)`` with big <= -1e30 (finfo.min)
+becomes that boolean mask, any other float bias is passed as the op's additive bias; -inf is
+not fused (a fully masked row is NaN there, not the uniform average the fused op gives).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..ir.graph import Graph, Value
 from .idioms import inserts_ones, producer
 from .pattern import Custom, Match, Rule, fuse
-from .rewrite import splat
+from .rewrite import const, const_data, splat
 
 Q, K, V = ("b", "t", "n", "h"), ("b", "s", "n", "h"), ("b", "s", "n", "hv")
 MASK = ("b", "n", "t", "s")
+ABSORBS = -1e30  # added to a logit below 1e13 (f64) or 1e22 (f32), it gives itself back
 
 
 def _dot_labels(d, lhs, rhs, contract: str):
@@ -40,6 +48,80 @@ def _dot_labels(d, lhs, rhs, contract: str):
     return batch + lfree + rfree
 
 
+def _scaled(v: Value) -> tuple[Value, float | None]:
+    """``(x, f)`` when ``v`` is ``x * c`` or ``x / c`` for a nonzero constant (f = c or 1/c)."""
+    sc = producer(v, "mul", "div")
+    if sc is None:
+        return v, None
+    a, c = sc.inputs
+    if sc.op == "mul" and splat(a) is not None:
+        a, c = c, a
+    f = splat(c)
+    if f is None or f == 0 or not math.isfinite(f) or splat(a) is not None:
+        return v, None
+    return a, (f if sc.op == "mul" else 1.0 / f)
+
+
+def _unrepeated(v: Value) -> tuple[Value, int]:
+    """``(x, r)`` when ``v`` is ``jnp.repeat(x, r, axis=2)`` of a [B,S,K,H] ``x``, as traced:
+    broadcast to [B,S,K,r,H], then the two head dims merged."""
+    rs = producer(v, "reshape")
+    bc = producer(rs.inputs[0], "broadcast_in_dim") if rs is not None else None
+    if bc is None or rs.attrs.get("dimensions") is not None or bc.inputs[0].type.rank != 4:
+        return v, 1
+    x, wide = bc.inputs[0].type.shape, bc.outputs[0].type.shape
+    r = wide[3]
+    if tuple(bc.attrs["broadcast_dimensions"]) != (0, 1, 2, 4) or not isinstance(r, int) \
+            or not isinstance(x[2], int) or tuple(wide) != (*x[:3], r, x[3]) \
+            or tuple(v.type.shape) != (*x[:2], x[2] * r, x[3]):
+        return v, 1
+    return bc.inputs[0], r
+
+
+def _from_dot(v: Value) -> bool:
+    """Whether ``v`` is a dot_general's result, maybe transposed, scaled or masked."""
+    for _ in range(6):
+        p = v.producer
+        if p is None:
+            return False
+        if p.op == "dot_general":
+            return True
+        if p.op not in ("transpose", "mul", "div", "select_n"):
+            return False
+        v = p.inputs[-1] if p.op == "select_n" else next(
+            (x for x in p.inputs if splat(x) is None), p.inputs[0])
+    return False
+
+
+def _bias(add, dtype: str) -> tuple[Value, str, Value] | str:
+    """``(logits, kind, value)`` for ``logits + bias``: kind "mask" (the boolean mask) or
+    "const" (a constant to make boolean) when the bias is 0 where attended and a big finite
+    negative number elsewhere, "bias" for any other float bias; or why not."""
+    a, c = add.inputs
+    if _from_dot(a) == _from_dot(c):
+        return "cannot tell the logits from the bias in the add before the softmax"
+    logits, bias = (a, c) if _from_dot(a) else (c, a)
+    if bias.type.dtype != dtype or bias.type.rank != logits.type.rank:
+        return f"the bias {bias.type} is not a {dtype} of the logits' rank"
+    sel = producer(bias, "select_n")
+    if sel is not None and len(sel.inputs) == 3 and sel.inputs[0].type.dtype == "bool" \
+            and splat(sel.inputs[2]) == 0.0 and splat(sel.inputs[1]) is not None:
+        big = splat(sel.inputs[1])
+        if big == -math.inf:
+            return "the bias is -inf where masked: a fully masked row is NaN there, " \
+                   "not the uniform average the fused op gives"
+        if big <= ABSORBS:
+            return logits, "mask", sel.inputs[0]
+    data = const_data(bias)
+    if data is not None:
+        if np.isneginf(data).any():
+            return "the bias is -inf where masked: a fully masked row is NaN there, " \
+                   "not the uniform average the fused op gives"
+        if ((data == 0) | (data <= ABSORBS)).all() and (data != 0).any():
+            return logits, "const", bias  # made a boolean constant in the rewrite
+    return logits, "bias", bias
+
+
 def _match(root: Value, m: Match) -> str | None:
     post, v = [], root
     while len(post) < 3 and producer(v, "transpose", "reshape"):
@@ -53,43 +135,55 @@ def _match(root: Value, m: Match) -> str | None:
     sm = producer(probs, "nnxc.softmax")
     if sm is None:
         return "no operand of the last dot_general is a softmax (run fuse-softmax first)"
-    chain, s, pred = [sm], sm.inputs[0], None
-    sel = producer(s, "select_n")
-    if sel is not None:
-        pred, neg, s = sel.inputs
-        big = splat(neg)
-        if big is None or not -math.inf < big <= -1e9:
-            return f"masked with {big} instead of a large finite negative number"
-        chain.append(sel)
-    perms = []
-    while producer(s, "transpose"):
-        chain.append(s.producer)
-        perms.append(tuple(s.producer.attrs["permutation"]))
-        s = s.producer.inputs[0]
-    scale = 1.0
-    sc = producer(s, "mul", "div")
-    if sc is not None:
-        a, c = sc.inputs
-        if sc.op == "mul" and splat(a) is not None:
-            a, c = c, a
-        f = splat(c)
-        if f is None or f == 0:
-            return "the logits are scaled by a non-constant"
-        scale = f if sc.op == "mul" else 1.0 / f
-        chain.append(sc)
-        s = a
+    # softmax input down to the first dot: transposes, one scale, one select mask, one bias
+    chain, s, perms, masks, scale, scaled = [sm], sm.inputs[0], [], [], 1.0, False
+    for _ in range(8):
+        node = s.producer
+        if node is None or node.op == "dot_general":
+            break
+        if node.op == "transpose":
+            perms.append(tuple(node.attrs["permutation"]))
+            s = node.inputs[0]
+        elif node.op == "select_n" and len(node.inputs) == 3 and not masks:
+            pred, neg, s = node.inputs
+            big = splat(neg)
+            if big is None or not -math.inf < big <= -1e9:
+                return f"masked with {big} instead of a large finite negative number"
+            masks.append(("mask", pred, len(perms)))
+        elif node.op == "add" and not masks:
+            got = _bias(node, s.type.dtype)
+            if isinstance(got, str):
+                return got
+            s, kind, value = got
+            masks.append((kind, value, len(perms)))
+        elif node.op in ("select_n", "add") and masks:
+            return "masked by more than one select or added bias (the fused op takes one)"
+        elif node.op in ("mul", "div") and not scaled:
+            s, f = _scaled(s)
+            if f is None:
+                return "the logits are scaled by a non-constant"
+            scale, scaled = scale * f, True
+        else:
+            break
+        chain.append(node)
     d1 = producer(s, "dot_general")
     if d1 is None:
         return "the softmax input does not come from a dot_general of queries and keys"
     q, k = d1.inputs
+    for where in ("q", "k"):  # a constant scale of the queries or keys before the dot
+        x, f = _scaled(q if where == "q" else k)
+        if f is not None:
+            q, k, scale = (x, k, scale * f) if where == "q" else (q, x, scale * f)
     qlab = list(Q)
-    rq = producer(q, "reshape")
+    rq = producer(q, "reshape") if q.type.rank == 5 else None
     if rq is not None:  # grouped query attention: q [B,T,N,H] -> [B,T,K,G,H]
         q, qlab = rq.inputs[0], ["b", "t", "n", "g", "h"]
         want = tuple(q.type.shape[:2]) + tuple(rq.outputs[0].type.shape[2:4]) + tuple(q.type.shape[3:])
         if q.type.rank != 4 or tuple(rq.outputs[0].type.shape) != want:
             return "the queries are reshaped other than by splitting the heads into groups"
         chain.append(rq)
+        q, f = _scaled(q)
+        scale *= f if f is not None else 1.0
     if any(t.type.rank != 4 for t in (q, k, vv)):
         return "q, k and v are not all rank 4 ([batch, length, heads, head dim])"
     heads = rq.outputs[0].type.shape[2] if rq is not None else q.type.shape[2]
@@ -101,8 +195,10 @@ def _match(root: Value, m: Match) -> str | None:
     labels = _dot_labels(d1, qlab, K, "h")
     if labels is None:
         return "the first dot_general does not contract q and k over the head dim per batch and head"
+    at = [list(labels)]  # at[i]: the labels below the i-th transpose from the top
     for perm in reversed(perms):
         labels = [labels[i] for i in perm]
+        at.insert(0, labels)
     if labels[sm.attrs["axis"]] != "s":
         return "the softmax is not over the keys"
     out = _dot_labels(d2, labels if not p_rhs else V, V if not p_rhs else labels, "s")
@@ -120,27 +216,34 @@ def _match(root: Value, m: Match) -> str | None:
     want = tuple(q.type.shape[:3]) + (vv.type.shape[3],)
     if tuple(root.type.shape) != want:  # e.g. unbatched [T,N,H] inputs, reshaped to [1,T,N,H]
         return f"the result {root.type} does not have the shape [batch, query, heads, head dim] {want}"
-    if pred is not None:
-        why = _mask(pred, labels, m, grouped=rq is not None and rq.outputs[0].type.shape[3] != 1)
+    for kind, value, i in masks:
+        why = _mask(value, at[i], m, grouped=rq is not None and rq.outputs[0].type.shape[3] != 1,
+                    boolean=kind == "mask")
         if why:
             return why
+        m.attrs["to_bool"] = kind == "const"
+    kr, r = _unrepeated(k)
+    vr, rv = _unrepeated(vv)
+    if r == rv > 1 and kr.type.shape[:3] == vr.type.shape[:3]:  # jnp.repeat'ed keys and values
+        k, vv = kr, vr
     m.values.update(q=q, k=k, v=vv)
     m.consts["scale"] = scale
     m.nodes.extend(post + [d2] + chain + [d1])
     return None
 
 
-def _mask(pred: Value, labels: list, m: Match, grouped: bool) -> str | None:
-    """Follow the mask back through layout ops to the user's mask; plan its [B,N,T,S] form."""
+def _mask(pred: Value, labels: list, m: Match, grouped: bool, boolean: bool = True) -> str | None:
+    """Follow the mask (or float bias) back through layout ops to the user's; plan its
+    [B,N,T,S] form."""
     cur, lab = pred, list(labels)
     for _ in range(8):
         lab = ["1" if d == 1 else x for x, d in zip(lab, cur.type.shape)]
         node = cur.producer
         if node is None:
             break
-        if node.op == "and" and splat(node.inputs[0]) == 1.0:
+        if boolean and node.op == "and" and splat(node.inputs[0]) == 1.0:
             cur = node.inputs[1]
-        elif node.op == "and" and splat(node.inputs[1]) == 1.0:
+        elif boolean and node.op == "and" and splat(node.inputs[1]) == 1.0:
             cur = node.inputs[0]
         elif node.op == "transpose":
             inner = [None] * len(lab)
@@ -153,14 +256,19 @@ def _mask(pred: Value, labels: list, m: Match, grouped: bool) -> str | None:
             real = iter([x for x in lab if x != "1"])
             cur = node.inputs[0]
             lab = ["1" if d == 1 else next(real) for d in cur.type.shape]
-        elif node.op == "convert_element_type" and node.inputs[0].type.dtype == "bool":
+        elif boolean and node.op == "convert_element_type" and node.inputs[0].type.dtype == "bool":
             cur = node.inputs[0]
+        elif boolean and node.op == "gt" and splat(node.inputs[1]) == 0.0 \
+                and producer(node.inputs[0], "convert_element_type") \
+                and node.inputs[0].producer.inputs[0].type.dtype == "bool":
+            cur = node.inputs[0].producer.inputs[0]  # (mask.astype(f32) > 0), as flax's combine_masks
         else:
             break
     lab = ["1" if d == 1 else x for x, d in zip(lab, cur.type.shape)]
     real = [x for x in lab if x != "1"]
+    what = "mask" if boolean else "bias"
     if not set(real) <= set(MASK) or len(set(real)) != len(real) or (grouped and "n" in real):
-        return f"the mask varies along {real}, not only batch, heads, queries and keys"
+        return f"the {what} varies along {real}, not only batch, heads, queries and keys"
     dims = [i for i, x in enumerate(lab) if x != "1"]
     ordered = sorted(dims, key=lambda i: MASK.index(lab[i]))
     perm = range(len(lab)) if ordered == dims else ordered + [i for i, x in enumerate(lab) if x == "1"]
@@ -175,6 +283,9 @@ def _rewrite(b, m):
     mask = m.values.get("mask")
     if mask is not None:
         perm, shape = m.attrs["mask_perm"], m.attrs["mask_shape"]
+        if m.attrs["to_bool"]:  # a constant 0 / big negative bias
+            named, mask = mask.name, const(const_data(mask) == 0)
+            mask.name = f"{named}.mask" if named else None
         if perm != tuple(range(len(perm))):
             mask = b.transpose(mask, permutation=perm)
         if tuple(mask.type.shape) != shape:
