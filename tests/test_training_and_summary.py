@@ -23,7 +23,9 @@ def _train_step(model, optimizer, x, y):
     return loss
 
 
-@pytest.mark.parametrize("name, labels", [("mlp", (10,)), ("gpt", (64,))])
+# the GPT case is slow (20 s); tests/test_onnx_training.py's
+# test_xla_training_steps_equal_nnx_jit_bit_for_bit[gpt] runs GPT steps bit for bit by default
+@pytest.mark.parametrize("name, labels", [("mlp", (10,)), pytest.param("gpt", (64,), marks=pytest.mark.slow)])
 def test_three_compiled_adam_steps_match_nnx_jit(name, labels):
     def make():
         model = zoo.make(name, train=False)  # deterministic: the same steps on both sides
