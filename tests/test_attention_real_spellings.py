@@ -14,6 +14,7 @@ from flax import linen as nn
 from flax import nnx
 
 import nnxc
+from test_onnx_models import assert_close
 from test_passes import randomize
 
 B, T, D = 2, 6, 32
@@ -158,11 +159,6 @@ def _trace(name):
     return LinenCausal(), False, 1
 
 
-def _close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
-
-
 @pytest.mark.parametrize("name", ["gpt2", "llama", "linen", "alibi"])
 def test_fuses_and_matches_jax_in_xla_and_onnxruntime(name):
     import onnxruntime as ort
@@ -186,14 +182,14 @@ def test_fuses_and_matches_jax_in_xla_and_onnxruntime(name):
     else:
         assert attention[0].inputs[3].type.dtype == "f32"
     assert all(np.isclose(n.attrs["scale"], (D // 4) ** -0.5, rtol=1e-6) for n in attention)
-    _close(nnxc.compile(g2)(*xs), want)
+    assert_close(nnxc.compile(g2)(*xs), want, "xla")
     for opset in (None, 22):  # the native Attention op, and basic ops below opset 23
         model_proto = nnxc.export_onnx(g2, opset=opset)
         kinds = [n.op_type for n in model_proto.graph.node]
         assert kinds.count("Attention") == (layers if opset is None else 0)
         sess = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), xs)})[0]
-        _close(got, want)
+        assert_close(got, want, "onnxruntime")
 
 
 # -- near misses in the same spelling: they stay unfused and say why ------------------------
@@ -245,7 +241,7 @@ def test_a_minus_1e9_bias_stays_a_bias_on_fully_masked_rows():
     q, k, v = (rng.standard_normal((2, 6, 2, 16)).astype(np.float32) for _ in range(3))
     m = np.tril(np.ones((6, 6), bool))[None, None].repeat(2, 0)
     m[1, :, :2] = False  # rows 0 and 1 of the second sequence see nothing
-    _close(nnxc.compile(g2)(q, k, v, m), jax.jit(f)(q, k, v, m))
+    assert_close(nnxc.compile(g2)(q, k, v, m), jax.jit(f)(q, k, v, m), "xla")
 
 
 def test_a_bias_input_of_finfo_min_averages_fully_masked_rows_in_onnxruntime():
@@ -260,8 +256,9 @@ def test_a_bias_input_of_finfo_min_averages_fully_masked_rows_in_onnxruntime():
     bias = np.repeat(bias, 2, 0).astype(np.float32)
     bias[1, :, :2] = np.finfo(np.float32).min
     want = jax.jit(_hf)(q, k, v, bias)
-    _close(nnxc.compile(g2)(q, k, v, bias), want)
+    assert_close(nnxc.compile(g2)(q, k, v, bias), want, "xla")
     for opset in (None, 22):
         sess = ort.InferenceSession(nnxc.export_onnx(g2, opset=opset).SerializeToString(),
                                     providers=["CPUExecutionProvider"])
-        _close(sess.run(None, dict(zip([i.name for i in sess.get_inputs()], (q, k, v, bias))))[0], want)
+        assert_close(sess.run(None, dict(zip([i.name for i in sess.get_inputs()], (q, k, v, bias))))[0], want,
+                     "onnxruntime")

@@ -29,6 +29,7 @@ import nnxc
 import zoo
 from nnxc.backends.onnx.layout import EXACT_ELEMENTWISE, KERNEL_ELEMENTWISE, optimize_layout
 from nnxc.runtime.onnx_io import onnx_session
+from test_onnx_models import assert_close
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 import bench_models as bm  # noqa: E402
@@ -36,13 +37,6 @@ import bench_models as bm  # noqa: E402
 
 def ops(model) -> collections.Counter:
     return collections.Counter(n.op_type for n in model.graph.node)
-
-
-def assert_close(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, what
-    scale = float(np.max(np.abs(want), initial=0.0)) or 1.0
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
 
 
 def check_numbers(model, fn, spec_shape, batches=(1, 3), seed=0):
@@ -178,7 +172,7 @@ def test_zoo_cnns_keep_a_transpose_only_before_the_flatten(name, pipeline):
     for b in (1, 3):
         (x,) = zoo.example_inputs(name, b)
         want, _ = zoo.reference(name, model_obj, x)
-        assert_close(onnx_session(model).run(None, {model.graph.input[0].name: x})[0], want)
+        assert_close(onnx_session(model).run(None, {model.graph.input[0].name: x})[0], want, f"batch {b}")
 
 
 class PoolNet(nnx.Module):

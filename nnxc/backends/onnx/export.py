@@ -47,7 +47,7 @@ from ...ir.types import is_plain_symbol
 from ...passes.strip_jit_boundaries import strip_jit_boundaries
 from . import control, elementwise, fused, indexing, linalg, reducers, reductions, rng, shape, special, fft  # noqa: F401 - rules
 from .builder import Builder, Context, host_array, live_nodes, value_info
-from .graphtools import fresh as _fresh
+from .graphtools import fresh as _fresh, prune
 from .layout import Permuted, optimize_layout
 from .fft import PART, as_pair, boundary_type, is_complex, pair
 from .table import Refused
@@ -263,7 +263,7 @@ def export_onnx(graph: Graph, path=None, opset: int | None = None, external_data
     outputs = _name_outputs(b, outs)
     if ctx.failures:  # a complex output no rule left as a pair
         raise UnsupportedOpError(ctx.failures, stage=f"ONNX export (opset {opset})")
-    nodes, live = _prune(ctx.pre.nodes + b.nodes, [o.name for o in outputs])
+    nodes, live = prune(ctx.pre.nodes + b.nodes, [o.name for o in outputs])
     weights = [(n, x) for n, x in weights if n in live]
     consts = [(n, x) for n, x in ctx.initializers if n in live]
     opsets = [helper.make_opsetid("", opset)]
@@ -360,31 +360,6 @@ def _name_outputs(b: Builder, outs: list) -> list:
     if renames:
         _rename_inputs(b.nodes, renames)
     return infos
-
-
-def _prune(nodes: list, outputs: list[str]) -> tuple[list, set]:
-    """Drop nodes nothing uses (rules may leave some); returns (nodes, names still read)."""
-    live = set(outputs)
-    kept = []
-    for node in reversed(nodes):
-        if not any(o in live for o in node.output):
-            continue
-        kept.append(node)
-        live.update(node.input)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                live.update(_names_read(attr.g))
-    return kept[::-1], live
-
-
-def _names_read(g) -> set:
-    names = set(o.name for o in g.output)
-    for node in g.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                names |= _names_read(attr.g)
-    return names
 
 
 def _rename_inputs(nodes, renames: dict) -> None:

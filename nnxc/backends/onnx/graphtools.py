@@ -143,15 +143,16 @@ def once(fn):
     return lambda: got[0] if got else got.append(fn()) or got[0]
 
 
-def drop_unread(nodes: list, outputs: set) -> list:
-    """``nodes`` without those whose results nothing reads (a Reshape replaced by another)."""
+def prune(nodes: list, outputs) -> tuple[list, set]:
+    """``nodes`` without those whose results nothing reads (rules may leave some; a Reshape
+    replaced by another), and the names the kept ones and ``outputs`` read."""
     read, kept = set(outputs), []
     for node in reversed(nodes):
         if any(o in read for o in node.output):
             kept.append(node)
             read.update(node.input)
             read |= subgraph_reads(node)
-    return kept[::-1]
+    return kept[::-1], read
 
 
 def static_shapes(nodes: list, inputs: list, store: Consts, opsets=(), functions=()) -> dict:

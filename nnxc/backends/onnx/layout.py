@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from .conv_bias import fold_conv_bias
-from .graphtools import (Consts, all_names, attr, drop_unread, fresh, new_node, once, set_attr,
-                         static_shapes, subgraph_reads)
+from .graphtools import (Consts, all_names, attr, fresh, new_node, once, prune, set_attr, static_shapes,
+                         subgraph_reads)
 
 # Elementwise ops whose every element comes out the same wherever it sits in the buffer,
 # so computing them in another layout changes no bit (a zero's sign from max-like ops
@@ -458,7 +458,7 @@ def optimize_layout(nodes: list, weights: list, consts: list, inputs: list, outp
     sinker = None
     if any(n.op_type == "Transpose" for n in nodes):
         nodes, sinker = sink_transposes(nodes, store, taken, outputs, shapes(nodes))
-    nodes = drop_unread(fold_conv_bias(nodes, store, set(outputs), shapes(nodes)), set(outputs))
+    nodes, _ = prune(fold_conv_bias(nodes, store, set(outputs), shapes(nodes)), outputs)
     weights, consts = store.finish(nodes, set(outputs))
     if sinker is not None and permuted is not None:
         there = set(names) | {n for n, _ in weights + consts} | {o for n in nodes for o in n.output}
