@@ -19,7 +19,7 @@ import pytest
 
 import fuzzgen
 
-SEEDS = [*range(100), 2277, 31561, 31862, 34439, 54737]  # 100 consecutive seeds, and findings
+SEEDS = [*range(100), 2277, 31561, 31862, 34439, 54737, 56098]  # 100 consecutive seeds, and findings
 
 # seed -> (expected failures {(stage, kind, exception type for crashes)}, why): none today.
 # Seeds 31862 (an NNX model: the oracle is its jit with the model as an argument, which

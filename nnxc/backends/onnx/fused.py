@@ -11,6 +11,7 @@ import numpy as np
 
 from ...ir.graph import Elided
 from ...ir.types import to_dtype
+from .elementwise import sigmoid
 from .linalg import _dot_general
 from .table import rule
 
@@ -90,7 +91,7 @@ def _gelu(b, node, xs):
 
 @rule("nnxc.silu")
 def _silu(b, node, xs):
-    return b.op("Mul", xs[0], b.op("Sigmoid", xs[0]))
+    return b.op("Mul", xs[0], sigmoid(b, xs[0], node.inputs[0].type.dtype))  # not Sigmoid: see there
 
 
 @rule("nnxc.softmax")
