@@ -540,6 +540,32 @@ def test_silu_is_relatively_accurate_in_its_tail(preset):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16], ids=["f32", "f16", "bf16"])
+def test_erfc_is_relatively_accurate_in_its_tail(dtype):
+    """erfc within 12 ulps of XLA's over [-10, 10] (f16 / bf16: 1 ulp), 0 where XLA flushes
+    to 0; it was 1 - Erf(x): 0 from x = 4 on."""
+    x = np.concatenate([np.linspace(-10, 10, 40001, dtype=np.float32),
+                        [np.inf, -np.inf, np.nan, 0.0, -0.0, 30.0]]).astype(dtype)
+    [want], [got] = run_both(lax.erfc, x)
+    want, got = want.astype(np.float64), got.astype(np.float64)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got == 0, want == 0)
+    ok = ~np.isnan(want) & (want != 0)
+    assert _ulps(got[ok], want[ok], dtype).max() <= (12 if dtype == np.float32 else 1)
+
+
+def test_normal_log_cdf_far_in_the_tail():
+    """jax.scipy.special.log_ndtr and log(erfc(x)) go through erfc: finite where JAX's are
+    (log_ndtr(-9) was -inf on ONNX) and within f32 tolerance."""
+    from jax.scipy import special
+    x = np.array([-9, -5, -2, -0.5, 0, 0.5, 2, 4, 6, 8, 9, 9.3, 10], np.float32)
+    for fn in (special.log_ndtr, special.ndtr, lambda v: jnp.log(special.erfc(v))):
+        [want], [got] = run_both(fn, x)
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=2e-7)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_cumlogsumexp_with_infinities(reverse):
     """logaddexp(inf, inf) is inf, not inf - inf = NaN (fuzz seed 13411); -inf and NaN as XLA."""
